@@ -1,0 +1,161 @@
+"""The NumPy engine: validate and normalize inputs, run the row kernels, reduce.
+
+Front ends call `prepare` (once per call) and then `run` on the whole problem or, for the fused
+head, on chunks of rows. Everything about normalizers, reductions and layouts lives here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+from ._options import CEOptions
+from ._validation import Layout, TargetOutOfBoundsError, check_layout, out_of_bounds_message
+
+__all__ = ["Problem", "RowOutputs", "prepare_targets", "compute_dtype", "run_rows", "reduce_loss", "row_coefficients"]
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float64 stays float64; float32 and narrower floats compute in float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+@dataclass
+class Problem:
+    """A validated problem in row form: logits (P, C), one row per position."""
+
+    layout: Layout
+    options: CEOptions
+    logits: np.ndarray  # (P, C) C-contiguous, float32 or float64
+    target: np.ndarray  # (P,) int64, or (P, C) of logits' dtype for probability targets
+    weight: np.ndarray  # (C,) float64, or empty for no class weight
+    normalizer: float  # what "mean" divides by (1.0 for "sum" and "none")
+    input_dtype: np.dtype  # dtype of the caller's logits (the loss comes back in it)
+
+
+@dataclass
+class RowOutputs:
+    loss: np.ndarray  # (P,) float64, per-position loss before reduction
+    lse: np.ndarray  # (P,) float64
+    argmax: np.ndarray  # (P,) int64, or empty
+    entropy: np.ndarray  # (P,) float64, or empty
+
+
+def _dtype_kind(a: np.ndarray) -> str:
+    return a.dtype.kind
+
+
+def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options: CEOptions) -> Layout:
+    weight_shape = None if weight is None else np.shape(weight)
+    kind = np.dtype(logits_dtype).kind
+    return check_layout(
+        logits_shape, kind, str(np.dtype(logits_dtype)), target.shape, target.dtype.kind, str(target.dtype),
+        weight_shape, options,
+    )
+
+
+def prepare_targets(layout: Layout, target: np.ndarray, weight, options: CEOptions, dtype: np.dtype):
+    """Targets in row form and the class weight; checks class indices against [0, C).
+
+    Returns (target_rows, weight (C,) float64 or empty, normalizer for "mean").
+    """
+    C = layout.num_classes
+    P = layout.num_positions
+    w = np.empty(0) if weight is None else np.ascontiguousarray(weight, dtype=np.float64).reshape(C)
+    if layout.probability:
+        if layout.class_axis == 1 and target.ndim > 2:
+            rows = np.moveaxis(target, 1, -1).reshape(P, C)
+        else:
+            rows = target.reshape(P, C)
+        rows = np.ascontiguousarray(rows, dtype=dtype)
+        return rows, w, float(P)
+    rows = target.reshape(P)
+    if rows.dtype != np.int64:
+        if rows.dtype.kind == "u" and rows.dtype.itemsize == 8 and rows.size and rows.max() > np.iinfo(np.int64).max:
+            bad = rows[rows > np.iinfo(np.int64).max][0]
+            raise TargetOutOfBoundsError(out_of_bounds_message(int(bad)))
+        rows = rows.astype(np.int64)
+    kept = rows != options.ignore_index
+    bad = kept & ((rows < 0) | (rows >= C))
+    if bad.any():
+        raise TargetOutOfBoundsError(out_of_bounds_message(int(rows[np.argmax(bad)])))
+    if w.size:
+        normalizer = float(w[rows[kept]].sum())
+    else:
+        normalizer = float(np.count_nonzero(kept))
+    return np.ascontiguousarray(rows), w, normalizer
+
+
+def logits_rows(logits: np.ndarray, layout: Layout, dtype: np.dtype) -> np.ndarray:
+    """(P, C) C-contiguous logits in the compute dtype; a view (no copy) for contiguous 2-D input."""
+    C, P = layout.num_classes, layout.num_positions
+    if logits.ndim > 2:
+        logits = np.moveaxis(logits, 1, -1)
+    return np.ascontiguousarray(logits.reshape(P, C), dtype=dtype)
+
+
+def row_coefficients(problem_reduction: str, normalizer: float, grad_output, positions_shape, P: int) -> np.ndarray:
+    """coef_n = dL_total/dl_n: grad_output / normalizer for "mean", grad_output for "sum", and the
+    per-position upstream gradient for "none". (P,) float64."""
+    if grad_output is None:
+        go = np.ones(P) if problem_reduction == "none" else 1.0
+    else:
+        go_arr = np.asarray(grad_output, dtype=np.float64)
+        if problem_reduction == "none":
+            try:
+                go = np.broadcast_to(go_arr, positions_shape).reshape(P)
+            except ValueError:
+                raise ValueError(
+                    f"grad_output of shape {go_arr.shape} does not broadcast to the per-position loss "
+                    f"shape {tuple(positions_shape)}"
+                ) from None
+        else:
+            if go_arr.size != 1:
+                raise ValueError(f"grad_output must be a scalar for reduction={problem_reduction!r}, got shape {go_arr.shape}")
+            go = float(go_arr.reshape(()))
+    if problem_reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            go = np.float64(go) / np.float64(normalizer) if normalizer != 0 else np.float64(go) * np.inf
+    if np.ndim(go) == 0:
+        return np.full(P, go, dtype=np.float64)
+    return np.ascontiguousarray(go, dtype=np.float64)
+
+
+def run_rows(
+    logits: np.ndarray,
+    target: np.ndarray,
+    probability: bool,
+    weight: np.ndarray,
+    options: CEOptions,
+    coef: np.ndarray | None,
+    grad: np.ndarray | None,
+    want_stats: bool,
+) -> RowOutputs:
+    """Runs the row kernel on (P, C) logits; writes the gradient into `grad` (may be `logits`)."""
+    P = logits.shape[0]
+    loss = np.empty(P)
+    lse = np.empty(P)
+    argmax = np.empty(P if want_stats else 0, dtype=np.int64)
+    entropy = np.empty(P if want_stats else 0)
+    g = grad if grad is not None else np.empty((0, logits.shape[1]), dtype=logits.dtype)
+    k = coef if coef is not None else np.empty(0)
+    cap = options.softcap or 0.0
+    eps, lam = options.label_smoothing, options.z_loss
+    if probability:
+        _kernels.probability_rows(logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
+    else:
+        _kernels.index_rows(logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy)
+    return RowOutputs(loss, lse, argmax, entropy)
+
+
+def reduce_loss(loss_rows: np.ndarray, reduction: str, normalizer: float, positions_shape, dtype: np.dtype):
+    """The reduced loss in the caller's dtype: a NumPy scalar for "mean"/"sum", an array for "none"."""
+    if reduction == "none":
+        return loss_rows.reshape(positions_shape).astype(dtype)
+    total = loss_rows.sum()
+    if reduction == "mean":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total = total / normalizer if normalizer != 0 else np.float64(np.nan)
+    return np.asarray(total, dtype=dtype)[()]
