@@ -13,6 +13,12 @@ from ._api import (
     log_softmax,
     softmax,
 )
+from ._linear import (
+    LinearCrossEntropyResult,
+    linear_cross_entropy,
+    linear_cross_entropy_and_grad,
+    linear_cross_entropy_with_stats,
+)
 from ._options import CEOptions
 from ._threads import get_num_threads, set_num_threads
 
@@ -26,6 +32,10 @@ __all__ = [
     "cross_entropy_and_grad",
     "cross_entropy_with_stats",
     "get_num_threads",
+    "LinearCrossEntropyResult",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
+    "linear_cross_entropy_with_stats",
     "log_softmax",
     "set_num_threads",
     "softmax",

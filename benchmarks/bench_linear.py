@@ -1,0 +1,193 @@
+"""Fused linear + cross-entropy head: softmaxce vs PyTorch eager, PyTorch's chunked
+linear_cross_entropy and the floor (the three bare matrix products the math needs), same run.
+
+    python benchmarks/bench_linear.py            # N=4096 D=1024 V=32768, V=128256, D=4096 (float32)
+    python benchmarks/bench_linear.py --quick    # small smoke run
+    python benchmarks/bench_linear.py --scale    # also N=8192 D=1024 V=262144, softmaxce only
+
+Times are the best of --repeat runs in this process (loss + every gradient); extra peak memory is
+measured in a fresh subprocess per contender as peak RSS minus RSS before the call, minus the outputs
+(gradients). Prints a table with ratios and writes benchmarks/results/linear.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONTENDERS = ("matmul3", "softmaxce", "torch_eager", "torch_chunked")
+
+
+def _inputs(N, D, V, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    t = rng.integers(0, V, N)
+    return x, W, t
+
+
+def _runner(name, x, W, t, threads):
+    """Returns a no-argument function doing loss + all gradients with contender `name`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if name == "matmul3":
+        N, V = x.shape[0], W.shape[0]
+        z = np.empty((N, V), np.float32)
+        gx = np.empty_like(x)
+        gw = np.empty_like(W)
+
+        def run():
+            np.matmul(x, W.T, out=z)  # logits
+            np.matmul(z, W, out=gx)  # G W  (z stands in for G)
+            np.matmul(z.T, x, out=gw)  # G^T x
+
+        return run
+    if name == "softmaxce":
+        import softmaxce
+
+        softmaxce.set_num_threads(threads)
+        return lambda: softmaxce.linear_cross_entropy_and_grad(x, W, t)
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(x).requires_grad_()
+    Wt = torch.from_numpy(W).requires_grad_()
+    tt = torch.from_numpy(t)
+
+    if name == "torch_eager":
+
+        def run():
+            xt.grad = Wt.grad = None
+            F.cross_entropy(F.linear(xt, Wt), tt).backward()
+
+        return run
+
+    opts = torch.nn.LinearCrossEntropyOptions()
+
+    def run():
+        xt.grad = Wt.grad = None
+        F.linear_cross_entropy(xt, Wt, tt, options=opts).backward()
+
+    return run
+
+
+def _maxrss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_child(name, N, D, V, threads):
+    x, W, t = _inputs(N, D, V)
+    small = _inputs(8, D, 64)
+    _runner(name, *small, threads)()  # numba cache load, torch allocator, BLAS buffers
+    run = _runner(name, x, W, t, threads)
+    base = _rss_bytes()
+    run()
+    peak = _maxrss_bytes()
+    outputs = x.nbytes + W.nbytes  # grad_x and grad_W (matmul3: its G^T x and G W outputs)
+    if name == "matmul3":
+        outputs += N * V * 4  # its logits buffer is an output of the floor, not working memory
+    print(json.dumps({"extra_peak_mb": max(0, peak - base - outputs) / 2**20}))
+
+
+def _measure_memory(name, N, D, V, threads):
+    cmd = [sys.executable, __file__, "--child", name, str(N), str(D), str(V), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return float("nan"), out.stderr.strip().splitlines()[-1:] or ["failed"]
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mb"], None
+
+
+def _time(run, repeat):
+    run()  # warm-up (numba cache load, torch allocator)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench(shapes, threads, repeat, contenders=CONTENDERS):
+    rows = []
+    for N, D, V in shapes:
+        x, W, t = _inputs(N, D, V)
+        times, mems = {}, {}
+        for name in contenders:
+            times[name] = _time(_runner(name, x, W, t, threads), repeat)
+            mems[name], err = _measure_memory(name, N, D, V, threads)
+            if err:
+                print(f"  ({name} memory run failed: {err[0]})", file=sys.stderr)
+        for name in contenders:
+            rows.append(
+                {
+                    "N": N,
+                    "D": D,
+                    "V": V,
+                    "threads": threads,
+                    "contender": name,
+                    "time_s": round(times[name], 4),
+                    "vs_matmul3": round(times[name] / times["matmul3"], 3) if "matmul3" in times else "",
+                    "softmaxce_speedup": round(times[name] / times["softmaxce"], 3) if "softmaxce" in times else "",
+                    "extra_peak_mb": round(mems[name], 1),
+                }
+            )
+    return rows
+
+
+def _print(rows):
+    head = (
+        f"{'N':>6} {'D':>5} {'V':>7} {'contender':<14} {'time s':>8} {'x matmul3':>9} "
+        f"{'softmaxce faster':>16} {'extra MB':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['N']:>6} {r['D']:>5} {r['V']:>7} {r['contender']:<14} {r['time_s']:>8.3f} "
+            f"{r['vs_matmul3']!s:>9} {r['softmaxce_speedup']!s:>15}x {r['extra_peak_mb']:>9.1f}"
+        )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--scale", action="store_true", help="also N=8192 D=1024 V=262144 (softmaxce only)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        name, *nums = a.child
+        _memory_child(name, *map(int, nums))
+        return
+    shapes = [(512, 256, 8192)] if a.quick else [(4096, 1024, 32768), (4096, 1024, 128256), (4096, 4096, 32768)]
+    rows = bench(shapes, a.threads, 1 if a.quick else a.repeat)
+    if a.scale:
+        rows += bench([(8192, 1024, 262144)], a.threads, 1, contenders=("softmaxce",))
+    _print(rows)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("linear_quick.csv" if a.quick else "linear.csv")
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
