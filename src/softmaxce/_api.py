@@ -80,8 +80,16 @@ def cross_entropy(
         >>> float(softmaxce.cross_entropy(np.log([[0.1, 0.6, 0.3]]), [1]))  # -ln 0.6
         0.5108256237659907
     """
-    return _forward(logits, target, weight, _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
-                    want_grad=False, want_stats=False, grad_output=None, out=None).loss
+    return _forward(
+        logits,
+        target,
+        weight,
+        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        want_grad=False,
+        want_stats=False,
+        grad_output=None,
+        out=None,
+    ).loss
 
 
 def cross_entropy_and_grad(
@@ -117,8 +125,16 @@ def cross_entropy_and_grad(
         >>> np.round(grad, 6)  # a - y
         array([[ 0.1, -0.4,  0.3]])
     """
-    r = _forward(logits, target, weight, _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
-                 want_grad=True, want_stats=False, grad_output=grad_output, out=out)
+    r = _forward(
+        logits,
+        target,
+        weight,
+        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        want_grad=True,
+        want_stats=False,
+        grad_output=grad_output,
+        out=out,
+    )
     return r.loss, r.grad_logits
 
 
@@ -144,10 +160,18 @@ def cross_entropy_with_stats(
         >>> import numpy as np, softmaxce
         >>> r = softmaxce.cross_entropy_with_stats(np.log([[0.1, 0.6, 0.3]]), [1])
         >>> int(r.predicted[0]), round(float(r.entropy[0]), 4)
-        (1, 0.898)
+        (1, 0.8979)
     """
-    return _forward(logits, target, weight, _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
-                    want_grad=compute_grad, want_stats=True, grad_output=grad_output, out=out)
+    return _forward(
+        logits,
+        target,
+        weight,
+        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        want_grad=compute_grad,
+        want_stats=True,
+        grad_output=grad_output,
+        out=out,
+    )
 
 
 def log_softmax(z: npt.ArrayLike, axis: int = -1) -> np.ndarray:
@@ -178,11 +202,14 @@ def _float_array(z) -> np.ndarray:
 
 
 def _options(ignore_index, reduction, label_smoothing, z_loss, softcap) -> CEOptions:
-    return CEOptions(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                     z_loss=z_loss, softcap=softcap)
+    return CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
 
 
-def _forward(logits, target, weight, options: CEOptions, *, want_grad, want_stats, grad_output, out) -> CrossEntropyResult:
+def _forward(
+    logits, target, weight, options: CEOptions, *, want_grad, want_stats, grad_output, out
+) -> CrossEntropyResult:
     logits = np.asarray(logits)
     target = np.asarray(target)
     if logits.dtype.kind == "f" and logits.dtype.itemsize < 4 and logits.dtype != np.float16:

@@ -51,8 +51,14 @@ def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options
     weight_shape = None if weight is None else np.shape(weight)
     kind = np.dtype(logits_dtype).kind
     return check_layout(
-        logits_shape, kind, str(np.dtype(logits_dtype)), target.shape, target.dtype.kind, str(target.dtype),
-        weight_shape, options,
+        logits_shape,
+        kind,
+        str(np.dtype(logits_dtype)),
+        target.shape,
+        target.dtype.kind,
+        str(target.dtype),
+        weight_shape,
+        options,
     )
 
 
@@ -63,13 +69,13 @@ def prepare_targets(layout: Layout, target: np.ndarray, weight, options: CEOptio
     """
     C = layout.num_classes
     P = layout.num_positions
-    w = np.empty(0) if weight is None else np.ascontiguousarray(weight, dtype=np.float64).reshape(C)
+    w = np.empty(0) if weight is None else kernel_array(weight, np.float64).reshape(C)
     if layout.probability:
         if layout.class_axis == 1 and target.ndim > 2:
             rows = np.moveaxis(target, 1, -1).reshape(P, C)
         else:
             rows = target.reshape(P, C)
-        rows = np.ascontiguousarray(rows, dtype=dtype)
+        rows = kernel_array(rows, dtype)
         return rows, w, float(P)
     rows = target.reshape(P)
     if rows.dtype != np.int64:
@@ -82,10 +88,25 @@ def prepare_targets(layout: Layout, target: np.ndarray, weight, options: CEOptio
     if bad.any():
         raise TargetOutOfBoundsError(out_of_bounds_message(int(rows[np.argmax(bad)])))
     if w.size:
-        normalizer = float(w[rows[kept]].sum())
+        kept_w = w[rows[kept]]
+        normalizer = float(kept_w.sum())
+        if kept_w.size and not kept_w.any():
+            # every kept position weighs 0: PyTorch's mean is 0 / 0 = NaN, label smoothing or not
+            normalizer = float("nan")
     else:
         normalizer = float(np.count_nonzero(kept))
-    return np.ascontiguousarray(rows), w, normalizer
+    return kernel_array(rows, np.int64), w, normalizer
+
+
+def kernel_array(a, dtype) -> np.ndarray:
+    """`a` as a C-contiguous, writeable array of `dtype`: a view when it already is one, else a copy.
+
+    The kernels are compiled for writeable arrays: a read-only caller's array (np.broadcast_to, a
+    memory map opened "r", setflags(write=False)) would otherwise need its own numba specialization,
+    which fails to type. The kernels never write to these inputs (except logits passed as `out`).
+    """
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def logits_rows(logits: np.ndarray, layout: Layout, dtype: np.dtype) -> np.ndarray:
@@ -93,7 +114,7 @@ def logits_rows(logits: np.ndarray, layout: Layout, dtype: np.dtype) -> np.ndarr
     C, P = layout.num_classes, layout.num_positions
     if logits.ndim > 2:
         logits = np.moveaxis(logits, 1, -1)
-    return np.ascontiguousarray(logits.reshape(P, C), dtype=dtype)
+    return kernel_array(logits.reshape(P, C), dtype)
 
 
 def row_coefficients(problem_reduction: str, normalizer: float, grad_output, positions_shape, P: int) -> np.ndarray:
@@ -113,14 +134,16 @@ def row_coefficients(problem_reduction: str, normalizer: float, grad_output, pos
                 ) from None
         else:
             if go_arr.size != 1:
-                raise ValueError(f"grad_output must be a scalar for reduction={problem_reduction!r}, got shape {go_arr.shape}")
+                raise ValueError(
+                    f"grad_output must be a scalar for reduction={problem_reduction!r}, got shape {go_arr.shape}"
+                )
             go = float(go_arr.reshape(()))
     if problem_reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             go = np.float64(go) / np.float64(normalizer) if normalizer != 0 else np.float64(go) * np.inf
     if np.ndim(go) == 0:
         return np.full(P, go, dtype=np.float64)
-    return np.ascontiguousarray(go, dtype=np.float64)
+    return kernel_array(go, np.float64)
 
 
 def run_rows(
@@ -146,7 +169,9 @@ def run_rows(
     if probability:
         _kernels.probability_rows(logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
     else:
-        _kernels.index_rows(logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy)
+        _kernels.index_rows(
+            logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy
+        )
     return RowOutputs(loss, lse, argmax, entropy)
 
 
@@ -157,5 +182,6 @@ def reduce_loss(loss_rows: np.ndarray, reduction: str, normalizer: float, positi
     total = loss_rows.sum()
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
-            total = total / normalizer if normalizer != 0 else np.float64(np.nan)
+            # as PyTorch: 0 / 0 (all ignored, empty) is NaN, x / 0 (kept weights summing to 0) is +-inf
+            total = np.float64(total) / np.float64(normalizer)
     return np.asarray(total, dtype=dtype)[()]

@@ -38,7 +38,9 @@ class CEOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index must be an int, not {type(self.ignore_index).__name__}: {self.ignore_index!r}")
+            raise TypeError(
+                f"ignore_index must be an int, not {type(self.ignore_index).__name__}: {self.ignore_index!r}"
+            )
         object.__setattr__(self, "ignore_index", int(self.ignore_index))
         if not isinstance(self.reduction, str) or self.reduction not in REDUCTIONS:
             raise ValueError(f"{self.reduction} is not a valid value for reduction")

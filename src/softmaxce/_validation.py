@@ -86,7 +86,7 @@ def check_layout(
     logits_shape = tuple(int(d) for d in logits_shape)
     target_shape = tuple(int(d) for d in target_shape)
     if logits_kind != "f":
-        raise LogitsDtypeError(f'cross_entropy is not implemented for logits of dtype {logits_dtype}')
+        raise LogitsDtypeError(f"cross_entropy is not implemented for logits of dtype {logits_dtype}")
     probability = target_shape == logits_shape
     if probability:
         if target_kind != "f":
