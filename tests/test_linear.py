@@ -176,3 +176,15 @@ def test_bad_input_messages():
         softmaxce.linear_cross_entropy(x, W, t, chunk_size=0)
     with pytest.raises(NotImplementedError):
         softmaxce.linear_cross_entropy(x.astype(np.int64), W, t)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0], ids=["plain", "softcap"])
+def test_stats_with_gradient_in_the_same_buffer(softcap):
+    # Regression: the fused head computes the gradient in the logits buffer; the entropy must be
+    # taken from the logits, not from the exp values that overwrite them.
+    x, W, b, t = _problem(P=11)
+    r = softmaxce.linear_cross_entropy_with_stats(x, W, t, bias=b, softcap=softcap, compute_grad=True, chunk_size=4)
+    ref = softmaxce.cross_entropy_with_stats(x @ W.T + b, t, softcap=softcap)
+    np.testing.assert_allclose(r.entropy, ref.entropy, rtol=1e-10)
+    np.testing.assert_allclose(r.lse, ref.lse, rtol=1e-12)
+    np.testing.assert_array_equal(r.predicted, ref.predicted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from . import _kernels
@@ -15,6 +16,9 @@ from ._options import CEOptions
 from ._validation import Layout, TargetOutOfBoundsError, check_layout, out_of_bounds_message
 
 __all__ = ["Problem", "RowOutputs", "prepare_targets", "compute_dtype", "run_rows", "reduce_loss", "row_coefficients"]
+
+
+PARALLEL_MIN_SIZE = 1 << 16  # logits below which the kernels run on the calling thread only
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -166,12 +170,14 @@ def run_rows(
     k = coef if coef is not None else np.empty(0)
     cap = options.softcap or 0.0
     eps, lam = options.label_smoothing, options.z_loss
+    # Small problems run serially: waking the thread pool costs more than their work.
+    parallel = logits.size >= PARALLEL_MIN_SIZE and numba.get_num_threads() > 1
     if probability:
-        _kernels.probability_rows(logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
+        kernel = _kernels.probability_rows if parallel else _kernels.probability_rows_serial
+        kernel(logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
     else:
-        _kernels.index_rows(
-            logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy
-        )
+        kernel = _kernels.index_rows if parallel else _kernels.index_rows_serial
+        kernel(logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy)
     return RowOutputs(loss, lse, argmax, entropy)
 
 

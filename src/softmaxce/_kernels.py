@@ -15,9 +15,13 @@ where beta is the smoothed, class-weighted target: beta = (1 - eps) w_y e_y + (e
 class index y, and beta = w * ((1 - eps) t + eps / C) for a probability target t. Without weights
 and smoothing this is the seeds' gradient a - y.
 
-numba on this platform has no SVML, so `math.exp` stays scalar. `_expf` is a Cephes-style float32
-exp (Cody-Waite reduction + degree-6 polynomial, about 1 ulp) written with plain arithmetic and an
-integer-to-float bitcast, which LLVM vectorizes. float64 logits use `math.exp` (exact path).
+numba on this platform has no SVML, so `math.exp` stays scalar. `_expf` is a float32 exp (one-FMA
+range reduction + degree-5 minimax polynomial, at most 1.7e-7 relative error) written with plain
+arithmetic and integer/float bitcasts, which LLVM vectorizes. float64 logits use `math.exp`.
+
+Each kernel comes as a parallel driver (rows spread over threads with `prange`) and a serial one
+(`*_serial`) for small problems, where waking the thread pool costs more than the work; the engine
+picks. The per-row work is written once, in `_index_row` / `_probability_row` / `_streamed_chunk`.
 """
 
 from __future__ import annotations
@@ -36,78 +40,190 @@ _JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 _F32 = np.float32
 _LOG2E = _F32(1.4426950408889634)
-_LN2_HI = _F32(0.693359375)
-_LN2_LO = _F32(-2.12194440e-4)
-_EXP_LO = _F32(-130.0)  # exp(-130) = 3.5e-57 rounds to 0 in float32
-_TWO_M64 = _F32(2.0**-64)
-_HALF = _F32(0.5)
+_LN2 = _F32(0.6931471805599453)  # float32(ln 2) differs from ln 2 by 2e-9: |k| * 2e-9 <= 3e-7 in r
+_ROUND_MAGIC = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer held in the low mantissa bits
+_EXP_LO = _F32(-88.0)  # k = round(-88 / ln 2) = -127 builds 2**k with a zero exponent field: exactly 0
 _ONE = _F32(1.0)
-_P0 = _F32(1.9875691500e-4)
-_P1 = _F32(1.3981999507e-3)
-_P2 = _F32(8.3334519073e-3)
-_P3 = _F32(4.1665795894e-2)
-_P4 = _F32(1.6666665459e-1)
-_P5 = _F32(5.0000001201e-1)
+# exp(r) ~ 1 + r (C1 + r (C2 + r (C3 + r (C4 + r C5)))) on [-ln2/2, ln2/2]: a degree-5 minimax fit of the
+# relative error with exp(0) = 1 exactly; 9e-8 in exact arithmetic, at most 1.7e-7 (about 3 ulp) in float32.
+_C1 = _F32(0.9999997019767761)
+_C2 = _F32(0.4999915063381195)
+_C3 = _F32(0.1666763573884964)
+_C4 = _F32(0.04189793020486832)
+_C5 = _F32(0.008290315046906471)
+
+
+def _int_type(float_type):
+    return ir.IntType(float_type.bitwidth)
 
 
 @intrinsic
-def _int32_bits_as_float32(typingctx, bits):
-    """Reinterprets the bits of an int32 as a float32 (LLVM bitcast: free, and vectorizable)."""
-    sig = types.float32(types.int32)
+def _round_to_k(typingctx, t):
+    """k = t - 1.5 * 2**23 for t = u + 1.5 * 2**23 (u rounded by that addition), read from t's bits.
+
+    Going through the bits keeps fastmath from folding (u + M) - M back into u: the integer sits in the
+    low mantissa bits, so k = bits(t) - bits(1.5 * 2**23), converted to float (vpsubd + vcvtdq2ps).
+    """
+    sig = types.float32(types.float32)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        i32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], i32)
+        return builder.sitofp(builder.sub(bits, ir.Constant(i32, 0x4B400000)), ir.FloatType())
 
     return sig, codegen
 
 
-def _make_prefetch(rw: int):
-    @intrinsic
-    def prefetch(typingctx, address):
-        """Asks the cache for the line at an integer address (llvm.prefetch: a hint, never a fault)."""
-        sig = types.void(types.uintp)
+@intrinsic
+def _pow2_of_rounded(typingctx, t):
+    """2**k for t = k + 1.5 * 2**23 (-127 <= k <= 127): the low bits of t shifted into the exponent field.
 
-        def codegen(context, builder, signature, args):
-            ptr = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
-            i32 = ir.IntType(32)
-            fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]))
-            builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
+    bits(t) << 23 keeps only k's bits (those of 1.5 * 2**23 shift out), + bits(1.0) adds the bias;
+    k = -127 leaves a zero exponent and mantissa, i.e. exactly 0.
+    """
+    sig = types.float32(types.float32)
 
-        return sig, codegen
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], i32)
+        bits = builder.add(builder.shl(bits, ir.Constant(i32, 23)), ir.Constant(i32, 0x3F800000))
+        return builder.bitcast(bits, ir.FloatType())
 
-    return prefetch
-
-
-_prefetch_read = _make_prefetch(0)
-_prefetch_write = _make_prefetch(1)
+    return sig, codegen
 
 
-@njit(inline="always", **_JIT)
-def _prefetch_range(address, nbytes, write):
-    """Prefetches [address, address + nbytes) line by line, for writing if `write`."""
-    if write:
-        for off in range(0, nbytes, 64):
-            _prefetch_write(address + off)
-    else:
-        for off in range(0, nbytes, 64):
-            _prefetch_read(address + off)
+@intrinsic
+def _sortable_bits(typingctx, x):
+    """The bits of a float as a signed integer that orders like the float: i ^ ((i >> (w-1)) & 0x7f..f).
+
+    For non-NaN x, x < y exactly when sortable(x) < sortable(y) (-0 sorts just below +0), and a NaN with
+    the sign bit clear sorts above +inf, so an integer max (vpmaxsd: vectorizable, unlike a NaN-aware
+    float max) finds the float max. A NaN with the sign bit set sorts below -inf: callers that must see
+    every NaN also track the max of the magnitude bits (`_magnitude_bits`).
+    """
+    if not isinstance(x, types.Float):
+        return None
+    width = x.bitwidth
+    sig = types.int32(x) if width == 32 else types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        it = ir.IntType(width)
+        bits = builder.bitcast(args[0], it)
+        sign = builder.ashr(bits, ir.Constant(it, width - 1))
+        return builder.xor(bits, builder.and_(sign, ir.Constant(it, (1 << (width - 1)) - 1)))
+
+    return sig, codegen
+
+
+@intrinsic
+def _magnitude_bits(typingctx, x):
+    """The bits of |x| as a signed integer: above those of +inf exactly when x is a NaN."""
+    if not isinstance(x, types.Float):
+        return None
+    width = x.bitwidth
+    sig = types.int32(x) if width == 32 else types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        it = ir.IntType(width)
+        bits = builder.bitcast(args[0], it)
+        return builder.and_(bits, ir.Constant(it, (1 << (width - 1)) - 1))
+
+    return sig, codegen
+
+
+@intrinsic
+def _float_from_sortable(typingctx, fl, i):
+    """Inverse of `_sortable_bits` (the xor is its own inverse); `fl` is a float of the wanted type."""
+    width = fl.bitwidth
+    sig = fl(fl, i)
+
+    def codegen(context, builder, signature, args):
+        it = ir.IntType(width)
+        bits = args[1]
+        sign = builder.ashr(bits, ir.Constant(it, width - 1))
+        bits = builder.xor(bits, builder.and_(sign, ir.Constant(it, (1 << (width - 1)) - 1)))
+        return builder.bitcast(bits, context.get_value_type(fl))
+
+    return sig, codegen
+
+
+@intrinsic
+def _address(typingctx, a):
+    """The address of a[0] (for alignment arithmetic)."""
+    sig = types.uintp(a)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(arr.data, context.get_value_type(types.uintp))
+
+    return sig, codegen
+
+
+_LANES = 8
+
+
+@intrinsic
+def _stream_scaled(typingctx, dst, j, src, i, f, b):
+    """dst[j:j+8] = src[i:i+8] * f - b with one non-temporal 8-lane store (vmovntps).
+
+    The gradient is written once and not read again by the kernel, so it bypasses the cache: no
+    read-for-ownership of the destination lines, which makes the kernel's memory traffic that of a copy.
+    dst + j must be 32-byte aligned (the caller stores the unaligned entries normally); src needs no alignment.
+    """
+    sig = types.void(dst, j, src, i, f, b)
+
+    def codegen(context, builder, signature, args):
+        dst_t, _, src_t, _, f_t, b_t = signature.args
+        elt = context.get_value_type(dst_t.dtype)
+        vec = ir.VectorType(elt, _LANES)
+        dst_a = context.make_array(dst_t)(context, builder, args[0])
+        src_a = context.make_array(src_t)(context, builder, args[2])
+        sptr = builder.bitcast(builder.gep(src_a.data, [args[3]]), vec.as_pointer())
+        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
+        v = builder.load(sptr, align=dst_t.dtype.bitwidth // 8)
+        fv = context.cast(builder, args[4], f_t, dst_t.dtype)
+        bv = context.cast(builder, args[5], b_t, dst_t.dtype)
+        undef = ir.Constant(vec, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), None)
+        fs = builder.shuffle_vector(builder.insert_element(undef, fv, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+        bs = builder.shuffle_vector(builder.insert_element(undef, bv, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+        out = builder.fsub(builder.fmul(v, fs), bs)
+        store = builder.store(out, dptr, align=32)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """sfence: orders the preceding non-temporal stores before any later store."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.x86.sse.sfence", fnty=ir.FunctionType(ir.VoidType(), []))
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(inline="always", **_JIT)
 def _expf(x):
     """exp(x) in float32 for x in [-inf, 0] (the only arguments here: z - max z, finite max).
 
-    exp(x) = 2**k * exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2]. The power of two
-    is built as 2**(k + 64) from exponent bits and scaled by 2**-64 afterwards, so results below the
-    normal range round to subnormals or to exactly 0 (x = -inf gives 0) with no branch or select.
+    exp(x) = 2**k * exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (one FMA; float32 ln 2
+    is within 2e-9 of ln 2). x is clamped at -88 so that -inf and anything below exp(-88) = 6e-39 give
+    exactly 0 (k = -127), with no branch. A NaN x stays NaN (the clamp keeps x when unordered).
+    All arithmetic is float32 with plain operations and bitcasts, so LLVM vectorizes loops calling it
+    (about 15 AVX2 instructions per 8 values).
     """
     xc = max(x, _EXP_LO)
-    k = np.floor(xc * _LOG2E + _HALF)
-    r = xc - k * _LN2_HI - k * _LN2_LO
-    r2 = r * r
-    p = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * r2 + r + _ONE
-    return (p * _int32_bits_as_float32((np.int32(k) + np.int32(127 + 64)) << np.int32(23))) * _TWO_M64
+    t = xc * _LOG2E + _ROUND_MAGIC
+    k = _round_to_k(t)
+    r = xc - k * _LN2
+    p = ((((_C5 * r + _C4) * r + _C3) * r + _C2) * r + _C1) * r + _ONE
+    return p * _pow2_of_rounded(t)
 
 
 def fast_exp(x):  # pragma: no cover - replaced by the overload inside numba code
@@ -122,31 +238,20 @@ def _fast_exp_overload(x):
 
 
 @njit(**_JIT)
-def _nanmax(a, b):
-    """max(a, b) where a NaN wins and sticks (as torch.max), so a NaN row is seen by its max."""
-    return b if (b > a or b != b) else a
-
-
-@njit(**_JIT)
 def _row_max(z):
-    """max_j z_j (NaN if any z_j is NaN), with eight independent running maxima for
-    instruction-level parallelism (numba does not vectorize a NaN-aware max reduction)."""
-    C = z.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = z[0]
-    C8 = C - C % 8
-    for j in range(0, C8, 8):
-        m0 = _nanmax(m0, z[j])
-        m1 = _nanmax(m1, z[j + 1])
-        m2 = _nanmax(m2, z[j + 2])
-        m3 = _nanmax(m3, z[j + 3])
-        m4 = _nanmax(m4, z[j + 4])
-        m5 = _nanmax(m5, z[j + 5])
-        m6 = _nanmax(m6, z[j + 6])
-        m7 = _nanmax(m7, z[j + 7])
-    m = _nanmax(_nanmax(_nanmax(m0, m1), _nanmax(m2, m3)), _nanmax(_nanmax(m4, m5), _nanmax(m6, m7)))
-    for j in range(C8, C):
-        m = _nanmax(m, z[j])
-    return m
+    """max_j z_j (NaN if any z_j is NaN), as two vectorized integer max reductions over the bits:
+    the sortable bits find the max, the magnitude bits reveal any NaN (whatever its sign bit)."""
+    m = _sortable_bits(z[0])
+    a = _magnitude_bits(z[0])
+    for j in range(z.shape[0]):
+        v = z[j]
+        sv = _sortable_bits(v)
+        m = sv if sv > m else m
+        av = _magnitude_bits(v)
+        a = av if av > a else a
+    if a > _magnitude_bits(z.dtype.type(np.inf)):
+        return z.dtype.type(np.nan)
+    return _float_from_sortable(z[0], m)
 
 
 @njit(**_JIT)
@@ -233,12 +338,263 @@ def _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy):
         if want_stats:
             entropy[n] = np.nan
         return row, m, np.nan
-    s = _row_exp(row, m, grad[n] if want_grad else row, want_grad)
+    # the entropy sum reads the logits before the exp pass may overwrite them (grad may be z itself)
+    ez = _row_entropy_sum(row, m) if want_stats else 0.0
+    s = _row_exp(row, m, grad[n] if want_grad else np.empty(0, dtype=z.dtype), want_grad)
     l_se = m + math.log(s)
     lse[n] = l_se
     if want_stats:
-        entropy[n] = l_se - _row_entropy_sum(row, m) / s
+        entropy[n] = l_se - ez / s
     return row, m, s
+
+
+# The streamed path (class-index targets, no softcap, no statistics, no class-weighted smoothing: the
+# case that decides the speed of training) reads each row from memory once, in blocks of about _BLOCK
+# entries that sit in L1 while they are used, and writes the gradient once with non-temporal stores:
+#   pass 1, per block b: m_b = max of the block (integer max on the bits), e_j = exp(z_j - m_b) into a
+#           per-thread scratch row (L2-resident), s_b = sum_j e_j (float32 within the block);
+#   then    m = max_b m_b,  s = sum_b s_b exp(m_b - m)  (float64),  lse = m + ln s;
+#   pass 2, per block: grad_j = e_j * (exp(m_b - m) * k * alpha / s) - k * eps / C   (streamed out),
+#           and the target entry grad_y -= k (1 - eps) w_y.
+_STREAM_ALIGN = 32
+
+
+@njit(inline="always", **_JIT)
+def _block_range(b, C):
+    """Block b of a row is [b _BLOCK, min((b + 1) _BLOCK, C)): a fixed partition, so the float32 block
+    sums (and so every result) do not depend on where the arrays happen to sit in memory."""
+    return b * _BLOCK, min((b + 1) * _BLOCK, C)
+
+
+@njit(**_JIT)
+def _row_exp_blocks(row, e, bmax, bsum, nb, store):
+    """Pass 1. Returns (m, s): the row max and sum_j exp(z_j - m) in float64. A row with a NaN, a +inf,
+    or only -inf logits returns s = NaN (and m = NaN, +inf or -inf where it can tell)."""
+    C = row.shape[0]
+    m = -np.inf
+    for b in range(nb):
+        j0, j1 = _block_range(b, C)
+        mi = _sortable_bits(row[j0])
+        for j in range(j0, j1):
+            sv = _sortable_bits(row[j])
+            mi = sv if sv > mi else mi
+        mb = _float_from_sortable(row[0], mi)
+        if not math.isfinite(mb):
+            if mb == -np.inf:
+                # every entry is -inf (exp gives 0) or a NaN whose sign bit sorts it below -inf
+                for j in range(j0, j1):
+                    if row[j] != row[j]:
+                        return np.nan, np.nan
+                    if store:
+                        e[j] = 0
+                bmax[b] = -np.inf
+                bsum[b] = 0.0
+                continue
+            return float(mb), np.nan  # +inf or NaN
+        sb = row.dtype.type(0)
+        if store:
+            for j in range(j0, j1):
+                v = fast_exp(row[j] - mb)
+                e[j] = v
+                sb += v
+        else:
+            for j in range(j0, j1):
+                sb += fast_exp(row[j] - mb)
+        bmax[b] = mb
+        bsum[b] = sb
+        m = max(m, float(mb))
+    if m == -np.inf:
+        return m, np.nan
+    s = 0.0
+    for b in range(nb):
+        s += bsum[b] * math.exp(bmax[b] - m)  # a NaN block sum (a negative-sign NaN logit) stays NaN
+    return m, s
+
+
+@njit(**_JIT)
+def _row_stream_grad(e, g, bmax, nb, m, scale, beta, streamed):
+    """Pass 2: g_j = e_j * exp(m_b - m) * scale - beta; 8-lane non-temporal stores where g is 32-byte
+    aligned (the unaligned head and the tail of each block are stored normally)."""
+    C = e.shape[0]
+    isz = g.itemsize
+    base = _address(g)
+    for b in range(nb):
+        j0, j1 = _block_range(b, C)
+        f = g.dtype.type(math.exp(bmax[b] - m) * scale)
+        bb = g.dtype.type(beta)
+        j = j0
+        if streamed:
+            jh = min(j1, j0 + ((_STREAM_ALIGN - (base + j0 * isz) % _STREAM_ALIGN) % _STREAM_ALIGN) // isz)
+            for jj in range(j0, jh):
+                g[jj] = e[jj] * f - bb
+            j = jh
+            while j + _LANES <= j1:
+                _stream_scaled(g, j, e, j, f, bb)
+                j += _LANES
+        for jj in range(j, j1):
+            g[jj] = e[jj] * f - bb
+    if streamed:
+        _store_fence()
+
+
+_STREAM_CHUNK = 65536  # logits per chunk of rows (a thread's unit of work) on the streamed path
+
+
+@njit(**_JIT)
+def _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse):
+    """Rows [ch * rows_per_chunk, ...) of `index_rows` on the streamed path (see above)."""
+    P, C = z.shape
+    want_grad = grad.shape[0] == P
+    weighted = weight.shape[0] == C
+    smooth = eps / C
+    isz = z.itemsize
+    e = np.empty(C, dtype=z.dtype)
+    bmax = np.empty(C // _BLOCK + 2)
+    bsum = np.empty(C // _BLOCK + 2)
+    for n in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk)):
+        y = target[n]
+        row = z[n]
+        if y == ignore_index:
+            loss[n] = 0.0
+            lse[n] = np.nan
+            if want_grad:
+                grad[n, :] = 0
+            continue
+        wz = 0.0
+        if smooth > 0.0:
+            for c in range(C):
+                wz += row[c]
+        zy = float(row[y])
+        # non-temporal stores need element-aligned rows (always so for arrays numpy allocates)
+        streamed = want_grad and _address(grad[n]) % isz == 0
+        nb = (C + _BLOCK - 1) // _BLOCK
+        m, s = _row_exp_blocks(row, e, bmax, bsum, nb, want_grad)
+        w_y = weight[y] if weighted else 1.0
+        if s != s:
+            mx = _row_max(row)  # NaN if any entry is; else +inf, or -inf for a row of -inf
+            lse[n] = mx if not math.isfinite(mx) else np.nan
+            loss[n] = np.nan
+            if want_grad:
+                grad[n, :] = np.nan
+            continue
+        l_se = m + math.log(s)
+        lse[n] = l_se
+        # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c (lse - z_c) + w_y lam lse^2
+        ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
+        if smooth > 0.0:
+            ll += smooth * (wsum * l_se - wz)
+        loss[n] = ll
+        if want_grad:
+            k = coef[n]
+            # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j exp(m_b - m) / s
+            alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
+            scale = k * alpha / s
+            beta = k * smooth
+            g = grad[n]
+            _row_stream_grad(e, g, bmax, nb, m, scale, beta, streamed)
+            # the target entry, rewritten after the fence (ordered after the streamed stores)
+            by = y // _BLOCK
+            fy = z.dtype.type(math.exp(bmax[by] - m) * scale)
+            g[y] = e[y] * fy - z.dtype.type(beta) - z.dtype.type(k * (1.0 - eps) * w_y)
+
+
+@njit(**_JIT)
+def _weight_sum(weight, C):
+    """sum_c w_c, or C without class weights."""
+    if weight.shape[0] != C:
+        return float(C)
+    wsum = 0.0
+    for c in range(C):
+        wsum += weight[c]
+    return wsum
+
+
+@njit(parallel=True, **_JIT)
+def _index_rows_streamed(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse):
+    """`index_rows` without softcap, statistics or class-weighted smoothing, in two streaming passes."""
+    P, C = z.shape
+    wsum = _weight_sum(weight, C)
+    rows_per_chunk = max(1, _STREAM_CHUNK // C)
+    for ch in prange((P + rows_per_chunk - 1) // rows_per_chunk):
+        _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
+
+
+@njit(**_JIT)
+def _index_rows_streamed_serial(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse):
+    """Serial `_index_rows_streamed`."""
+    P, C = z.shape
+    wsum = _weight_sum(weight, C)
+    rows_per_chunk = max(1, _STREAM_CHUNK // C)
+    for ch in range((P + rows_per_chunk - 1) // rows_per_chunk):
+        _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
+
+
+@njit(**_JIT)
+def _index_row(n, z, target, weight, wsum, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy):
+    """Row n of `index_rows` (the general path: any option, statistics, float64)."""
+    P, C = z.shape
+    want_grad = grad.shape[0] == P and P > 0
+    want_stats = entropy.shape[0] == P and P > 0
+    weighted = weight.shape[0] == C
+    smooth = eps / C if C > 0 else 0.0
+    y = target[n]
+    if y == ignore_index:
+        loss[n] = 0.0
+        if want_stats:
+            _row_softmax(z, n, cap, grad, False, True, lse, argmax, entropy)
+        else:
+            lse[n] = np.nan
+        if want_grad:
+            grad[n, :] = 0
+        return
+    # the smoothing term needs sum_c w_c z_c, read before grad[n] (maybe z[n]) is overwritten
+    row0 = z[n]
+    wz = 0.0
+    if smooth > 0.0:
+        for c in range(C):
+            zc = cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c]
+            wz += (weight[c] if weighted else 1.0) * zc
+    zy = cap * math.tanh(row0[y] / cap) if cap > 0.0 else row0[y]
+    row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
+    l_se = m + math.log(s)  # NaN for a non-finite row
+    w_y = weight[y] if weighted else 1.0
+    # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
+    ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
+    if smooth > 0.0:
+        ll += smooth * (wsum * l_se - wz)
+    loss[n] = ll
+    if want_grad:
+        e = grad[n]
+        k = coef[n]
+        if s != s:
+            e[:] = np.nan
+            return
+        # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s
+        alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
+        scale = z.dtype.type(k * alpha / s)
+        if smooth > 0.0 and weighted:
+            for j in range(C):
+                e[j] = e[j] * scale - z.dtype.type(k * smooth * weight[j])
+        elif smooth > 0.0:
+            b = z.dtype.type(k * smooth)
+            for j in range(C):
+                e[j] = e[j] * scale - b
+        else:
+            for j in range(C):
+                e[j] = e[j] * scale
+        e[y] -= z.dtype.type(k * (1.0 - eps) * w_y)
+        if cap > 0.0:
+            _softcap_backward(e, row, cap)
+
+
+@njit(inline="always", **_JIT)
+def _streams(z, weight, eps, cap, entropy):
+    """Whether `index_rows` takes the streamed path: float32, no softcap, no statistics and no
+    class-weighted label smoothing."""
+    P, C = z.shape
+    weighted = weight.shape[0] == C
+    want_stats = entropy.shape[0] == P and P > 0
+    return z.itemsize == 4 and P > 0 and C > 0 and cap == 0.0 and not want_stats and not (eps > 0.0 and weighted)
 
 
 @njit(parallel=True, **_JIT)
@@ -250,101 +606,72 @@ def index_rows(z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss,
     lse (P,) float64 are always written; argmax and entropy (P,) only if they have P entries.
     Targets must be in [0, C) or equal ignore_index (the caller checks).
     """
+    if _streams(z, weight, eps, cap, entropy):
+        _index_rows_streamed(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse)
+        return
+    wsum = _weight_sum(weight, z.shape[1])
+    for n in prange(z.shape[0]):
+        _index_row(n, z, target, weight, wsum, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy)
+
+
+@njit(**_JIT)
+def index_rows_serial(z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy):
+    """Serial `index_rows` (same arguments and outputs)."""
+    if _streams(z, weight, eps, cap, entropy):
+        _index_rows_streamed_serial(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse)
+        return
+    wsum = _weight_sum(weight, z.shape[1])
+    for n in range(z.shape[0]):
+        _index_row(n, z, target, weight, wsum, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy)
+
+
+@njit(**_JIT)
+def _probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
+    """Row n of `probability_rows`."""
     P, C = z.shape
     want_grad = grad.shape[0] == P and P > 0
     want_stats = entropy.shape[0] == P and P > 0
     weighted = weight.shape[0] == C
-    wsum = float(C)
-    if weighted:
-        wsum = 0.0
-        for c in range(C):
-            wsum += weight[c]
     smooth = eps / C if C > 0 else 0.0
-    for n in prange(P):
-        y = target[n]
-        if y == ignore_index:
-            loss[n] = 0.0
-            if want_stats:
-                _row_softmax(z, n, cap, grad, False, True, lse, argmax, entropy)
-            else:
-                lse[n] = np.nan
-            if want_grad:
-                grad[n, :] = 0
-            continue
-        # the smoothing term needs sum_c w_c z_c, read before grad[n] (maybe z[n]) is overwritten
-        row0 = z[n]
-        wz = 0.0
-        if smooth > 0.0:
-            for c in range(C):
-                zc = cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c]
-                wz += (weight[c] if weighted else 1.0) * zc
-        zy = cap * math.tanh(row0[y] / cap) if cap > 0.0 else row0[y]
-        row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
-        l_se = m + math.log(s)  # NaN for a non-finite row
-        w_y = weight[y] if weighted else 1.0
-        # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
-        ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
-        if smooth > 0.0:
-            ll += smooth * (wsum * l_se - wz)
-        loss[n] = ll
-        if want_grad:
-            e = grad[n]
-            k = coef[n]
-            if s != s:
-                e[:] = np.nan
-                continue
-            # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s
-            alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
-            scale = z.dtype.type(k * alpha / s)
-            if smooth > 0.0 and weighted:
-                for j in range(C):
-                    e[j] = e[j] * scale - z.dtype.type(k * smooth * weight[j])
-            elif smooth > 0.0:
-                b = z.dtype.type(k * smooth)
-                for j in range(C):
-                    e[j] = e[j] * scale - b
-            else:
-                for j in range(C):
-                    e[j] = e[j] * scale
-            e[y] -= z.dtype.type(k * (1.0 - eps) * w_y)
-            if cap > 0.0:
-                _softcap_backward(e, row, cap)
+    t = target[n]
+    row0 = z[n]
+    bsum = 0.0  # sum_c beta_c,        beta_c = w_c t'_c
+    bz = 0.0  # sum_c beta_c z_c     (no 0 * log 0 rule: a 0 target on a -inf logit gives NaN)
+    for c in range(C):
+        b = (1.0 - eps) * t[c] + smooth
+        if weighted:
+            b *= weight[c]
+        bsum += b
+        bz += b * (cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c])
+    row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
+    l_se = m + math.log(s)
+    loss[n] = bsum * l_se - bz + lam * l_se * l_se
+    if want_grad:
+        e = grad[n]
+        if s != s:
+            e[:] = np.nan
+            return
+        k = coef[n]
+        scale = k * (bsum + 2.0 * lam * l_se) / s
+        for j in range(C):
+            b = (1.0 - eps) * t[j] + smooth
+            if weighted:
+                b *= weight[j]
+            e[j] = z.dtype.type(e[j] * scale - k * b)
+        if cap > 0.0:
+            _softcap_backward(e, row, cap)
 
 
 @njit(parallel=True, **_JIT)
 def probability_rows(z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
     """Probability targets t (P, C), smoothed to t' = (1 - eps) t + eps / C; same outputs as
     `index_rows`. l_n = sum_c w_c t'_c (lse - z_c) + lam lse^2 (targets are not validated)."""
-    P, C = z.shape
-    want_grad = grad.shape[0] == P and P > 0
-    want_stats = entropy.shape[0] == P and P > 0
-    weighted = weight.shape[0] == C
-    smooth = eps / C if C > 0 else 0.0
-    for n in prange(P):
-        t = target[n]
-        row0 = z[n]
-        bsum = 0.0  # sum_c beta_c,        beta_c = w_c t'_c
-        bz = 0.0  # sum_c beta_c z_c     (no 0 * log 0 rule: a 0 target on a -inf logit gives NaN)
-        for c in range(C):
-            b = (1.0 - eps) * t[c] + smooth
-            if weighted:
-                b *= weight[c]
-            bsum += b
-            bz += b * (cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c])
-        row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
-        l_se = m + math.log(s)
-        loss[n] = bsum * l_se - bz + lam * l_se * l_se
-        if want_grad:
-            e = grad[n]
-            if s != s:
-                e[:] = np.nan
-                continue
-            k = coef[n]
-            scale = k * (bsum + 2.0 * lam * l_se) / s
-            for j in range(C):
-                b = (1.0 - eps) * t[j] + smooth
-                if weighted:
-                    b *= weight[j]
-                e[j] = z.dtype.type(e[j] * scale - k * b)
-            if cap > 0.0:
-                _softcap_backward(e, row, cap)
+    for n in prange(z.shape[0]):
+        _probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy)
+
+
+@njit(**_JIT)
+def probability_rows_serial(z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
+    """Serial `probability_rows` (same arguments and outputs)."""
+    for n in range(z.shape[0]):
+        _probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy)
