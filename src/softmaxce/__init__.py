@@ -33,6 +33,8 @@ __all__ = [
     "cross_entropy_with_stats",
     "get_num_threads",
     "LinearCrossEntropyResult",
+    "ModelFileError",
+    "SoftmaxClassifier",
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "linear_cross_entropy_with_stats",
@@ -40,3 +42,20 @@ __all__ = [
     "set_num_threads",
     "softmax",
 ]
+
+
+def __getattr__(name: str):
+    # The classifier pulls in scikit-learn (about 1.5 s): loaded on first use, not at import.
+    if name == "SoftmaxClassifier":
+        from ._classifier import SoftmaxClassifier
+
+        return SoftmaxClassifier
+    if name == "ModelFileError":
+        from ._persistence import ModelFileError
+
+        return ModelFileError
+    raise AttributeError(f"module 'softmaxce' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
