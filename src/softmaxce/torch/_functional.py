@@ -1,0 +1,229 @@
+"""Drop-in replacements for torch.nn.functional.cross_entropy and linear_cross_entropy.
+
+Same signatures as PyTorch 2.13 plus the keyword-only extensions z_loss and softcap; same results,
+gradients and errors (exception type and message) wherever PyTorch defines them. The functions
+validate on metadata only, reshape to row form (class axis last) and call the custom ops in `_ops.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import LinearCrossEntropyOptions
+
+from .._options import CEOptions
+from .._validation import check_layout
+from . import _ops
+
+__all__ = ["cross_entropy", "linear_cross_entropy"]
+
+# PyTorch's names for dtypes in its error messages ("expected target dtype to be Long or Byte, but got Double")
+_TORCH_NAMES = {
+    torch.float64: "Double",
+    torch.float32: "Float",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+}
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """NumPy's dtype kind letter for a torch dtype: 'f', 'c', 'b', 'u' or 'i'."""
+    if dtype.is_floating_point:
+        return "f"
+    if dtype.is_complex:
+        return "c"
+    if dtype == torch.bool:
+        return "b"
+    return "i" if dtype.is_signed else "u"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return _TORCH_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def _validate(logits_shape, logits_dtype: torch.dtype, target: Tensor, weight: Tensor | None, options: CEOptions):
+    return check_layout(
+        logits_shape,
+        _kind(logits_dtype),
+        _name(logits_dtype),
+        tuple(target.shape),
+        _kind(target.dtype),
+        _name(target.dtype),
+        None if weight is None else tuple(weight.shape),
+        options,
+    )
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """`torch.nn.functional.cross_entropy`, computed by softmaxce, plus z_loss and softcap.
+
+    For logits z (class axis 1, or 0 for 1-D input), a = softmax(z) and the smoothed, class-weighted
+    target y, a position's loss is -sum_i y_i ln a_i and its gradient a - y (no weights or
+    smoothing); see SEMANTICS.md. Gradients flow to `input` and to a probability `target`
+    (dL/dt = -(1 - eps) w ln a) when they require grad.
+
+    Args:
+        input: (C), (N, C) or (N, C, d1, ..., dk) logits; any float dtype, any device.
+        target: class indices ((), (N) or (N, d1, ..., dk), integer) or class probabilities
+            (input's shape, floating).
+        weight: optional (C,) class weights.
+        size_average, reduce: deprecated, as in PyTorch (they override `reduction`).
+        ignore_index: class index whose positions are skipped (class-index targets).
+        reduction: "mean", "sum" or "none".
+        label_smoothing: eps in [0, 1].
+        z_loss: lam >= 0 adds lam * lse**2 per position (PaLM's z-loss), weighted like the position.
+        softcap: s > 0 replaces logits by s * tanh(logits / s) first (Gemma 2).
+
+    Returns:
+        A 0-d tensor in input's dtype, or for reduction="none" the per-position losses.
+
+    Example:
+        >>> import torch, softmaxce.torch as sce
+        >>> z = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+        >>> round(float(sce.cross_entropy(z, torch.tensor([1]))), 4)  # -ln 0.6
+        0.5108
+    """
+    if size_average is not None or reduce is not None:
+        from torch.nn import _reduction
+
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    options = CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+    layout = _validate(tuple(input.shape), input.dtype, target, weight, options)
+    C = layout.num_classes
+    if input.dim() == 1:
+        z = input.unsqueeze(0)
+        t = target.unsqueeze(0) if layout.probability else target.reshape(1)
+    elif input.dim() == 2:
+        z, t = input, target
+    else:  # (N, C, d1..dk) -> (P, C) rows, class axis last
+        z = input.movedim(1, -1).reshape(-1, C)
+        t = target.movedim(1, -1).reshape(-1, C) if layout.probability else target.reshape(-1)
+    loss = _ops.cross_entropy_rows(z, t, weight, options)
+    if reduction == "none":
+        loss = loss.reshape(layout.positions_shape)
+    return loss
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: LinearCrossEntropyOptions | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """`torch.nn.functional.linear_cross_entropy`: cross_entropy(linear(input, W, b), target, ...)
+    computed over chunks of rows without ever holding the N x C logits, plus z_loss and softcap.
+
+    Per chunk the logits z = x W^T + b are formed, turned into G = dL/dz, and the gradients come from
+    three products: grad_x = G W, grad_W += G^T x, grad_b += sum_rows G. Every option (weights,
+    ignore_index, label smoothing, probability targets, z_loss, softcap, every reduction) stays on
+    the chunked path. Gradients flow to input, linear_weight, linear_bias and a probability target.
+
+    Args:
+        input: (D) or (N, D) features.
+        linear_weight: (C, D), or (C, d1, ..., dk, D) for a K-dimensional loss (computed, as in
+            PyTorch, by forming the logits and calling `cross_entropy`).
+        target: class indices (N) / () or class probabilities (N, C) / (C).
+        linear_bias: optional (C,) (or (C, d1, ..., dk)) bias.
+        weight: optional (C,) class weights.
+        reduction: "mean", "sum" or "none".
+        ignore_index: class index to skip; None means -100 (and is required for probability targets).
+        label_smoothing: eps in [0, 1].
+        options: a torch.nn.LinearCrossEntropyOptions or None; the chunked path is always used, and
+            its batch_chunk_size, when set, is the number of rows per chunk.
+        z_loss, softcap: as in `cross_entropy`.
+
+    Example:
+        >>> import torch, softmaxce.torch as sce
+        >>> x, W = torch.eye(2), torch.log(torch.tensor([[0.1, 0.5], [0.6, 0.2], [0.3, 0.3]]))
+        >>> round(float(sce.linear_cross_entropy(x, W, torch.tensor([1, 0]))), 4)  # (-ln .6 - ln .5) / 2
+        0.602
+    """
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    num_batches = tuple(input.shape[:-1])
+    in_features = input.shape[-1]
+    if in_features != linear_weight.shape[-1]:
+        raise RuntimeError(
+            "expected equal input and linear_weight last dimensions (in_features), "
+            f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively"
+        )
+    num_classes = linear_weight.shape[0]
+    out_features = tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise RuntimeError(f"expected linear_bias shape {(num_classes, *out_features)}, got {tuple(linear_bias.shape)}")
+    if out_features and not num_batches:
+        raise RuntimeError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} requires"
+            f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}"
+        )
+    logits_shape = (*num_batches, num_classes, *out_features)
+    if tuple(target.shape) == logits_shape and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    if out_features:
+        # K-dimensional loss: each position has its own slice of the weight, so there is no shared
+        # row of features to chunk over; form the logits as PyTorch does and use cross_entropy.
+        rows = math.prod(out_features, start=num_classes)
+        logits = torch.nn.functional.linear(
+            input,
+            linear_weight.reshape(rows, in_features),
+            None if linear_bias is None else linear_bias.reshape(rows),
+        ).reshape(logits_shape)
+        return cross_entropy(
+            logits,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
+    ce_options = CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+    layout = _validate(logits_shape, torch.promote_types(input.dtype, linear_weight.dtype), target, weight, ce_options)
+    if input.dim() == 1:
+        x = input.unsqueeze(0)
+        t = target.unsqueeze(0) if layout.probability else target.reshape(1)
+    else:
+        x, t = input, target
+    chunk_size = getattr(options, "batch_chunk_size", None)
+    loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size)
+    if reduction == "none":
+        loss = loss.reshape(layout.positions_shape)
+    return loss
