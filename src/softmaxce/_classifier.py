@@ -43,7 +43,7 @@ ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 SOLVERS = ("sgd", "adam")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 FUSED_HEAD_MIN_CLASSES = 4096  # fused_head="auto" uses the fused head from this many classes on
-_PREDICT_CHUNK_ELEMENTS = 2**22  # predict() forms at most this many logits at a time
+_CHUNK_ELEMENTS = 2**22  # predict() and the fused training head form at most this many logits at a time
 
 
 class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
@@ -213,7 +213,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         """classes_[argmax z]; forms the logits a chunk of rows at a time (bounded memory)."""
         X = self._check_predict_X(X)
         n = X.shape[0]
-        rows = max(1, _PREDICT_CHUNK_ELEMENTS // max(1, len(self.classes_)))
+        rows = max(1, _CHUNK_ELEMENTS // max(1, len(self.classes_)))
         idx = np.empty(n, dtype=np.intp)
         for start in range(0, n, rows):
             idx[start : start + rows] = np.argmax(self._logits(X[start : start + rows]), axis=1)
@@ -396,8 +396,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         if fused:
             x = acts[-1].toarray() if sp.issparse(acts[-1]) else acts[-1]
             x = np.ascontiguousarray(x, dtype=params.dtype)
+            # a training batch's chunk, like predict's, is bounded by _CHUNK_ELEMENTS logits
+            chunk = max(1, _CHUNK_ELEMENTS // max(1, len(self.classes_)))
             loss_rows, delta_x, gW, gb = linear_cross_entropy_and_grad(
-                x, self._w_out, tb, bias=intercepts[-1], **options
+                x, self._w_out, tb, bias=intercepts[-1], chunk_size=chunk, **options
             )
             self._gw_out[...] = gW  # (V, D): the transpose of dJ/dcoefs_[-1]
             gints[-1][...] = gb
