@@ -178,6 +178,7 @@ def main(argv=None):
     p.add_argument("--scale", action="store_true", help="also N=8192 D=1024 V=262144 (softmaxce only)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
     p.add_argument("--shapes", help="N,D,V triples separated by ';' (default: the issue's three shapes)")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -188,7 +189,11 @@ def main(argv=None):
     shapes = [(512, 256, 8192)] if a.quick else [(4096, 1024, 32768), (4096, 1024, 128256), (4096, 4096, 32768)]
     if a.shapes:
         shapes = [tuple(int(v) for v in triple.split(",")) for triple in a.shapes.split(";")]
-    rows = bench(shapes, a.threads, 1 if a.quick else a.repeat)
+    contenders = tuple(c for c in a.contenders.split(",") if c)
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        p.error(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
+    rows = bench(shapes, a.threads, 1 if a.quick else a.repeat, contenders)
     if a.scale:
         rows += bench([(8192, 1024, 262144)], a.threads, 1, contenders=("softmaxce",))
     _print(rows)

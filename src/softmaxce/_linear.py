@@ -10,7 +10,7 @@ and three matrix products (all on scipy's BLAS) finish the chunk:
     grad_W       += G.T @ x[chunk] (V, D)   BLAS gemm with beta=1: accumulated in place, fixed order
     grad_b       += sum_rows G     (V,)
 
-Extra memory is the chunk buffer (rows x V), chosen from `chunk_size` or about 128 MiB, independent
+Extra memory is the chunk buffer (rows x V), chosen from `chunk_size` or about 96 MiB, independent
 of N. Every option of `cross_entropy` is supported on this path (no fallback that forms all logits),
 because the row kernel handles them all, and the normalizer for "mean" is computed from the targets
 before the first chunk.
@@ -35,7 +35,7 @@ __all__ = [
     "linear_cross_entropy_with_stats",
 ]
 
-CHUNK_BYTES = 128 * 2**20  # default size of the logits chunk buffer (1024 rows at V = 32768)
+CHUNK_BYTES = 96 * 2**20  # default size of the logits chunk buffer (768 rows at V = 32768)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def linear_cross_entropy(
         target: class indices of shape x.shape[:-1], or probabilities of shape x.shape[:-1] + (V,).
         bias: optional (V,) output-layer bias.
         weight: optional (V,) class weights. Other options as in `softmaxce.cross_entropy`.
-        chunk_size: positions per chunk (default: as many as fit about 128 MiB of logits).
+        chunk_size: positions per chunk (default: as many as fit about 96 MiB of logits).
 
     Returns:
         The loss, as `softmaxce.cross_entropy` returns it.
