@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from softmaxce import cli
-from softmaxce._cli_data import DataError, atomic_path, load_table
+from softmaxce._atomic import atomic_path
+from softmaxce._cli_data import DataError, load_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FEATURES = ["a", "b", "c", "d"]
@@ -532,3 +533,16 @@ def test_demo_end_to_end_in_a_real_process(tmp_path):
         assert str(path) in text or os.path.join("o", png) in text
         assert_png(path)
     assert cpu < 60, f"demo used {cpu:.1f} s of CPU"
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    # Regression: mkstemp's private 0600 leaked into every output file; a finished file has the
+    # permissions a plain open() gives it (0666 less the umask).
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(str(tmp_path / "out.csv")) as tmp:
+            with open(tmp, "w") as f:
+                f.write("a,b\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644

@@ -16,18 +16,15 @@ number in the file, the header being line 1; npz: the index into ``X``) and the 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import re
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DataError", "Table", "atomic_path", "load_table", "parse_labels"]
+__all__ = ["DataError", "Table", "load_table", "parse_labels"]
 
 _BLOCK_ROWS = 8192  # rows converted to float64 at once
 _PROGRESS_BYTES = 16 * 2**20  # files at least this big show a row counter while they are read
@@ -102,28 +99,6 @@ def parse_labels(raw: np.ndarray) -> np.ndarray:
     if text.size and all(_INT_RE.match(s.strip()) for s in text):
         return np.array([int(s) for s in text], dtype=np.int64)
     return np.char.strip(text)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path in the same directory as `path`; on success it is renamed onto `path`
-    (os.replace, atomic on one file system), on any error it is removed. So an output file is either
-    the old one or the complete new one, never half written.
-
-    The temporary name keeps `path`'s extension, since some writers (np.savez) add one otherwise.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------- CSV

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._cli_data import atomic_path
+from ._atomic import atomic_path
 
 __all__ = ["save_confusion_matrix", "save_loss_curve"]
 

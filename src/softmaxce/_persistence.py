@@ -28,10 +28,10 @@ is another program's .npz, has a newer format version or inconsistent shapes rai
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import numpy as np
+
+from ._atomic import atomic_path
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load_classifier", "save_classifier"]
 
@@ -99,16 +99,8 @@ def save_classifier(est, path) -> None:
         "rng": rng,
     }
     arrays["metadata"] = np.array(json.dumps(meta))
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    fd, tmp = tempfile.mkstemp(prefix=".softmaxce-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_classifier(path, cls):

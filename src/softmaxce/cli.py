@@ -29,7 +29,8 @@ import numpy as np
 
 from . import __version__
 from ._api import cross_entropy_and_grad
-from ._cli_data import DataError, Table, atomic_path, load_table, parse_labels
+from ._atomic import atomic_path
+from ._cli_data import DataError, Table, load_table, parse_labels
 
 __all__ = ["main"]
 
