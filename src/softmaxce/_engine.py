@@ -47,10 +47,6 @@ class RowOutputs:
     entropy: np.ndarray  # (P,) float64, or empty
 
 
-def _dtype_kind(a: np.ndarray) -> str:
-    return a.dtype.kind
-
-
 def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options: CEOptions) -> Layout:
     weight_shape = None if weight is None else np.shape(weight)
     kind = np.dtype(logits_dtype).kind

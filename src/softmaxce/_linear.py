@@ -25,6 +25,7 @@ import numpy.typing as npt
 from scipy.linalg import blas
 
 from . import _engine
+from ._api import _options
 from ._options import CEOptions
 from ._validation import LogitsDtypeError, TargetShapeError
 
@@ -93,9 +94,7 @@ def linear_cross_entropy(
         >>> round(float(softmaxce.linear_cross_entropy(x, W, [1, 0])), 6)  # -ln 0.6
         0.510826
     """
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _run(
         x, linear_weight, target, bias, weight, options, chunk_size, want_grad=False, want_stats=False, grad_output=None
     ).loss
@@ -123,9 +122,7 @@ def linear_cross_entropy_and_grad(
     Returns:
         (loss, grad_x, grad_weight, grad_bias); grad_bias is None without bias.
     """
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     r = _run(
         x,
         linear_weight,
@@ -159,9 +156,7 @@ def linear_cross_entropy_with_stats(
 ) -> LinearCrossEntropyResult:
     """Loss, optionally the gradients, and per-position lse, predicted class and entropy, all from
     the same chunked pass (the logits are never held whole)."""
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _run(
         x,
         linear_weight,
