@@ -104,12 +104,15 @@ def test_matches_reference(rng, shape, kind, weighted, ignore_index, eps, reduct
     assert_allclose(loss, ref_loss, **tol["loss"])
     assert_allclose(grad, ref_grad, **tol["grad"])
     # the loss-only function and the statistics pass compute the same loss (to the last bits: the
-    # loss-only pass may sum the exponentials in another order)
-    same = dict(rtol=8 * np.finfo(dtype).eps, atol=0.0)
+    # loss-only pass may sum the exponentials in another order); the gradient entries a_j k - beta_j
+    # agree to a few ulps of the larger term (an entry that cancels to near 0 may differ by more
+    # relative to itself: a fused multiply-add in one loop, a multiply and a subtract in another)
+    eps_ = np.finfo(dtype).eps
+    same = dict(rtol=8 * eps_, atol=0.0)
     assert_allclose(cross_entropy(logits, target, **opts), loss, **same)
     stats = cross_entropy_with_stats(logits, target, compute_grad=True, grad_output=go, **opts)
     assert_allclose(stats.loss, loss, **same)
-    assert_allclose(stats.grad_logits, grad, **same)
+    assert_allclose(stats.grad_logits, grad, rtol=8 * eps_, atol=8 * eps_ * float(np.abs(grad).max(initial=0.0)))
 
 
 EXTENSIONS = {"zloss": dict(z_loss=1e-2), "softcap": dict(softcap=5.0), "zloss+softcap": dict(z_loss=0.05, softcap=2.0)}
