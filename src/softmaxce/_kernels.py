@@ -172,7 +172,7 @@ _LANES = 8
 
 @intrinsic
 def _stream_scaled(typingctx, dst, j, src, i, f, b):
-    """dst[j:j+8] = src[i:i+8] * f - b with one non-temporal 8-lane store (vmovntps).
+    """dst[j:j+8] = src[i:i+8] * f - b (one fused multiply-add) with one non-temporal 8-lane store (vmovntps).
 
     The gradient is written once and not read again by the kernel, so it bypasses the cache: no
     read-for-ownership of the destination lines, which makes the kernel's memory traffic that of a copy.
