@@ -191,10 +191,7 @@ def _stream_scaled(typingctx, dst, j, src, i, f, b):
         v = builder.load(sptr, align=dst_t.dtype.bitwidth // 8)
         fv = context.cast(builder, args[4], f_t, dst_t.dtype)
         bv = context.cast(builder, args[5], b_t, dst_t.dtype)
-        undef = ir.Constant(vec, ir.Undefined)
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), None)
-        fs = builder.shuffle_vector(builder.insert_element(undef, fv, ir.Constant(ir.IntType(32), 0)), undef, zeros)
-        bs = builder.shuffle_vector(builder.insert_element(undef, bv, ir.Constant(ir.IntType(32), 0)), undef, zeros)
+        fs, bs = _splat(builder, fv, vec), _splat(builder, bv, vec)
         name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v8f64"
         fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
         out = builder.call(fma, [v, fs, builder.fneg(bs)])  # one rounding, as the scalar head and tail
@@ -225,16 +222,18 @@ def _prefetch(typingctx, a, i):
 
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
-        ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), i8p)
-        # read, locality 3 (keep in all levels), data cache
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        _emit_prefetch(builder, builder.gep(arr.data, [args[1]]))
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _emit_prefetch(builder, ptr):
+    """prefetcht0 of the line at ptr: read, locality 3 (keep in all levels), data cache."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    fn = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 # Hand-written AVX2 loops for the streamed path's two hot loops (the block max and the block exp),
@@ -338,17 +337,12 @@ def _make_exp16(store):
                 s = builder.bitcast(builder.add(builder.bitcast(two_j8, v8i), scale), v8f)
                 return builder.call(fma, [p, s, s])  # k = -1016 (x = -88) gives s = 0 exactly
 
-            i8p = ir.IntType(8).as_pointer()
-            pf_type = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            prefetch = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=pf_type)
-
             def body(j, accs):
                 out = []
                 # one cache line of what comes _PREFETCH_AHEAD logits later (the next blocks), one per
                 # iteration: spread out, the prefetches do not queue up behind each other (a hint:
                 # never faults, also past the end of the array)
-                ahead = builder.bitcast(builder.gep(zdata, [builder.add(j, ir.Constant(i64, _PREFETCH_AHEAD))]), i8p)
-                builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                _emit_prefetch(builder, builder.gep(zdata, [builder.add(j, ir.Constant(i64, _PREFETCH_AHEAD))]))
                 for h in range(2):
                     jh = builder.add(j, ir.Constant(i64, 8 * h))
                     v = exp8(builder.load(builder.bitcast(builder.gep(zdata, [jh]), v8f.as_pointer()), align=4))
