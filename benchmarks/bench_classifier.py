@@ -19,7 +19,6 @@ Usage: python benchmarks/bench_classifier.py [--repeats 3] [--quick]
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 import tracemalloc
@@ -35,12 +34,13 @@ from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_limits
 
 import softmaxce
-from softmaxce._classifier import SoftmaxClassifier
+from _common import write_csv  # benchmarks/_common.py (this folder is on sys.path)
+from softmaxce.classifier import SoftmaxClassifier
 
 RESULTS = Path(__file__).parent / "results" / "classifier.csv"
 
 
-def _timed(fit, repeats):
+def _timed(fit, repeats) -> tuple[float, object]:
     times, model = [], None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -49,7 +49,7 @@ def _timed(fit, repeats):
     return statistics.median(times), model
 
 
-def _peak_mib(fit):
+def _peak_mib(fit) -> tuple[float, object]:
     tracemalloc.start()
     try:
         model = fit()
@@ -62,10 +62,10 @@ class TorchMLP:
     """A PyTorch 64-100-10 ReLU MLP trained as MLPClassifier trains (Adam 1e-3, batch 200, L2 1e-4,
     stop when the epoch loss has not improved by 1e-4 for 10 epochs)."""
 
-    def __init__(self, hidden=100, lr=1e-3, alpha=1e-4, max_iter=200, seed=0):
+    def __init__(self, hidden=100, lr=1e-3, alpha=1e-4, max_iter=200, seed=0) -> None:
         self.hidden, self.lr, self.alpha, self.max_iter, self.seed = hidden, lr, alpha, max_iter, seed
 
-    def fit(self, X, y):
+    def fit(self, X, y) -> TorchMLP:
         import torch
 
         torch.manual_seed(self.seed)
@@ -96,7 +96,7 @@ class TorchMLP:
                 break
         return self
 
-    def score(self, X, y):
+    def score(self, X, y) -> float:
         import torch
 
         with torch.no_grad():
@@ -104,7 +104,7 @@ class TorchMLP:
         return float(np.mean(pred == y))
 
 
-def digits(repeats, rows):
+def digits(repeats, rows) -> None:
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0)
     contenders = {
@@ -138,7 +138,7 @@ def digits(repeats, rows):
         )
 
 
-def _clusters(n, n_classes, d, seed=0, noise=0.3):
+def _clusters(n, n_classes, d, seed=0, noise=0.3) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((n_classes, d))
     y = (
@@ -150,14 +150,14 @@ def _clusters(n, n_classes, d, seed=0, noise=0.3):
     return X, y
 
 
-def synthetic(name, n, n_classes, d, contenders, rows, *, one_epoch=False):
+def synthetic(name, n, n_classes, d, contenders, rows, *, one_epoch=False) -> None:
     """fit(X, y); with one_epoch, partial_fit(X, y, classes=all n_classes) (n may be < n_classes)."""
     X, y = _clusters(n, n_classes, d)
     classes = np.arange(n_classes)
     base = None
     for label, make in contenders.items():
 
-        def fit(make=make):
+        def fit(make=make) -> object:
             return make().partial_fit(X, y, classes=classes) if one_epoch else make().fit(X, y)
 
         t0 = time.perf_counter()
@@ -177,7 +177,7 @@ def synthetic(name, n, n_classes, d, contenders, rows, *, one_epoch=False):
         )
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="skip MLPClassifier on 100k classes")
@@ -221,12 +221,7 @@ def main():
             f"{r['problem']:40} {r['model']:36} {r['fit_s']:9.3f} {ratio:>7} {r['test_accuracy']:9.4f} "
             f"{r['n_iter']!s:>6} {peak:>9}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {RESULTS}")
+    write_csv(rows, RESULTS)
 
 
 if __name__ == "__main__":

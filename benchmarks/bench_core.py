@@ -22,7 +22,6 @@ First-call time (numba cache load, or compile on a cold cache) is measured in a 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import write_csv  # benchmarks/_common.py (this folder is on sys.path)
 
 FULL = [(1 << 18, 128), (1 << 15, 1024), (8192, 32768), (1024, 262144)]
 QUICK = [(4096, 128), (512, 1024), (64, 32768)]
@@ -182,12 +183,8 @@ def main() -> None:
                 f"{N:>8} {C:>7} {name:>10} {t * 1e3:>9.1f} {row['ratio_memcpy']:>9.2f} "
                 f"{speedup:>7.1f}x {extra[name]:>9.1f}"
             )
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}  ('speedup' = time / softmaxce time: how much faster softmaxce is)")
+    write_csv(rows, args.csv)
+    print("('speedup' = time / softmaxce time: how much faster softmaxce is)")
 
 
 if __name__ == "__main__":

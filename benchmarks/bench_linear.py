@@ -14,16 +14,20 @@ and writes benchmarks/results/linear.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import (  # benchmarks/_common.py (this folder is on sys.path)
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    write_csv,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("matmul3", "softmaxce", "torch_eager", "torch_chunked")
@@ -82,31 +86,16 @@ def _runner(name, x, W, t, threads):
     return run
 
 
-def _hwm_bytes():
-    """Peak RSS since the last reset (VmHWM)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _memory_child(name, N, D, V, threads):
     x, W, t = _inputs(N, D, V)
     small = _inputs(8, D, 64)
     _runner(name, *small, threads)()  # numba cache load, torch allocator, BLAS buffers
     run = _runner(name, x, W, t, threads)
     # Reset the RSS high-water mark, so that generating the inputs does not count (Linux).
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _rss_bytes()
+    reset_peak_rss()
+    base = rss_bytes()
     run()
-    peak = _hwm_bytes()
+    peak = peak_rss_bytes()
     outputs = x.nbytes + W.nbytes  # grad_x and grad_W (matmul3: its G^T x and G W outputs)
     if name == "matmul3":
         outputs += N * V * 4  # its logits buffer is an output of the floor, not working memory
@@ -197,13 +186,7 @@ def main(argv=None):
     if a.scale:
         rows += bench([(8192, 1024, 262144)], a.threads, 1, contenders=("softmaxce",))
     _print(rows)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("linear_quick.csv" if a.quick else "linear.csv")
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_csv(rows, RESULTS / ("linear_quick.csv" if a.quick else "linear.csv"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ torch-eager and writes benchmarks/results/torch.csv (or --out).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import pathlib
@@ -26,32 +25,15 @@ import subprocess
 import sys
 import time
 
+from _common import (  # benchmarks/_common.py (this folder is on sys.path)
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    write_csv,
+)
+
 IMPLS = ["torch-eager", "torch-chunked", "softmaxce"]
 DTYPES = ["float32", "bfloat16"]
-
-
-def _rss_hwm_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 def worker(impl: str, dtype_name: str, n: int, d: int, v: int, reps: int, device: str, threads: int | None) -> dict:
@@ -103,10 +85,10 @@ def worker(impl: str, dtype_name: str, n: int, d: int, v: int, reps: int, device
         import gc
 
         gc.collect()
-        base = _rss_kib()
-        _reset_peak()
+        base = rss_bytes()
+        reset_peak_rss()
         step()
-        peak = (_rss_hwm_kib() - base) * 1024
+        peak = peak_rss_bytes() - base
     return {
         "impl": impl,
         "dtype": dtype_name,
@@ -174,14 +156,8 @@ def main() -> None:
             f"{r['dtype']:<9} {r['impl']:<14} {r['time_s']:8.3f} {r['time_vs_eager']:8.2f} {r['peak_mib']:9.1f} "
             f"{r['peak_vs_eager']:8.2f} {r['loss']:9.5f}"
         )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["device", "dtype", "impl", "n", "d", "v", "time_s", "time_vs_eager", "peak_mib", "peak_vs_eager", "loss"]
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    write_csv(rows, args.out, fields)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ a CLI. Every front end computes the function in SEMANTICS.md.
 """
 
 from ._api import (
-    CrossEntropyResult,
     cross_entropy,
     cross_entropy_and_grad,
     cross_entropy_with_stats,
@@ -14,15 +13,14 @@ from ._api import (
     softmax,
 )
 from ._linear import (
-    LinearCrossEntropyResult,
     linear_cross_entropy,
     linear_cross_entropy_and_grad,
     linear_cross_entropy_with_stats,
 )
 from ._options import CEOptions
+from ._results import CrossEntropyResult, LinearCrossEntropyResult
 from ._threads import get_num_threads, set_num_threads
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "CEOptions",
@@ -47,11 +45,11 @@ __all__ = [
 def __getattr__(name: str):
     # The classifier pulls in scikit-learn (about 1.5 s): loaded on first use, not at import.
     if name == "SoftmaxClassifier":
-        from ._classifier import SoftmaxClassifier
+        from .classifier import SoftmaxClassifier
 
         return SoftmaxClassifier
     if name == "ModelFileError":
-        from ._persistence import ModelFileError
+        from .classifier import ModelFileError
 
         return ModelFileError
     raise AttributeError(f"module 'softmaxce' has no attribute {name!r}")

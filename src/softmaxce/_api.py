@@ -1,18 +1,17 @@
 """Public NumPy functions: softmax cross-entropy loss, its exact gradient, statistics, softmax.
 
 Each function validates its input, normalizes the options into one `CEOptions` and hands the work
-to the engine. Semantics: ../shared/SEMANTICS.md (PyTorch's cross_entropy, plus z_loss/softcap).
+to the engine. Semantics: docs/SEMANTICS.md (PyTorch's cross_entropy, plus z_loss/softcap).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _engine
 from ._options import CEOptions
+from ._results import CrossEntropyResult
 from ._validation import LogitsDtypeError
 
 __all__ = [
@@ -25,25 +24,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class CrossEntropyResult:
-    """Everything one pass computes.
-
-    Attributes:
-        loss: the reduced loss (NumPy scalar in the logits' dtype; an array for reduction="none").
-        grad_logits: dL/dlogits, the logits' shape and dtype (None when not asked for).
-        lse: per-position log-sum-exp of the (soft-capped) logits, shape of the "none" loss.
-        predicted: per-position argmax class (int64).
-        entropy: per-position entropy of softmax(logits), -sum_c a_c ln a_c.
-    """
-
-    loss: np.ndarray | np.generic
-    grad_logits: np.ndarray | None
-    lse: np.ndarray
-    predicted: np.ndarray
-    entropy: np.ndarray
-
-
 def cross_entropy(
     logits: npt.ArrayLike,
     target: npt.ArrayLike,
@@ -54,7 +34,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-):
+) -> np.ndarray | np.generic:
     """Softmax cross-entropy loss: `torch.nn.functional.cross_entropy(logits, target, ...)` in NumPy.
 
     For logits z (class axis 1, or 0 for 1-D logits) and a = softmax(z), a position's loss is
@@ -80,11 +60,17 @@ def cross_entropy(
         >>> float(softmaxce.cross_entropy(np.log([[0.1, 0.6, 0.3]]), [1]))  # -ln 0.6
         0.5108256237659907
     """
-    return _forward(
+    return _engine.forward_logits(
         logits,
         target,
         weight,
-        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        CEOptions(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        ),
         want_grad=False,
         want_stats=False,
         grad_output=None,
@@ -104,7 +90,7 @@ def cross_entropy_and_grad(
     softcap: float | None = None,
     grad_output: npt.ArrayLike | None = None,
     out: np.ndarray | None = None,
-) -> tuple:
+) -> tuple[np.ndarray | np.generic, np.ndarray]:
     """Loss and its exact gradient dL/dlogits in one pass (for a one-hot target: a - y).
 
     Takes every option of `cross_entropy`, and:
@@ -125,11 +111,17 @@ def cross_entropy_and_grad(
         >>> np.round(grad, 6)  # a - y
         array([[ 0.1, -0.4,  0.3]])
     """
-    r = _forward(
+    r = _engine.forward_logits(
         logits,
         target,
         weight,
-        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        CEOptions(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        ),
         want_grad=True,
         want_stats=False,
         grad_output=grad_output,
@@ -162,11 +154,17 @@ def cross_entropy_with_stats(
         >>> int(r.predicted[0]), round(float(r.entropy[0]), 4)
         (1, 0.8979)
     """
-    return _forward(
+    return _engine.forward_logits(
         logits,
         target,
         weight,
-        _options(ignore_index, reduction, label_smoothing, z_loss, softcap),
+        CEOptions(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        ),
         want_grad=compute_grad,
         want_stats=True,
         grad_output=grad_output,
@@ -199,72 +197,3 @@ def _float_array(z) -> np.ndarray:
             return z.astype(np.float64)
         raise LogitsDtypeError(f"softmax is not implemented for arrays of dtype {z.dtype}")
     return z
-
-
-def _options(ignore_index, reduction, label_smoothing, z_loss, softcap) -> CEOptions:
-    return CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
-
-
-def _forward(
-    logits, target, weight, options: CEOptions, *, want_grad, want_stats, grad_output, out
-) -> CrossEntropyResult:
-    logits = np.asarray(logits)
-    target = np.asarray(target)
-    if logits.dtype.kind == "f" and logits.dtype.itemsize < 4 and logits.dtype != np.float16:
-        raise LogitsDtypeError(f"cross_entropy is not implemented for logits of dtype {logits.dtype}")
-    layout = _engine.check_arrays(logits.shape, logits.dtype, target, weight, options)
-    dtype = _engine.compute_dtype(logits.dtype)
-    target_rows, w, normalizer = _engine.prepare_targets(layout, target, weight, options, dtype)
-    if options.reduction != "mean":
-        normalizer = 1.0
-    P, C = layout.num_positions, layout.num_classes
-    rows = _engine.logits_rows(logits, layout, dtype)  # a view when logits are contiguous
-    coef = grad_rows = None
-    direct = False  # the kernel writes the gradient straight into `out`
-    if want_grad:
-        coef = _engine.row_coefficients(options.reduction, normalizer, grad_output, layout.positions_shape, P)
-        if out is not None:
-            _check_out(out, logits)
-            direct = logits.ndim <= 2 and out.dtype == dtype and out.flags.c_contiguous
-        if direct:
-            grad_rows = out.reshape(P, C)
-            if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
-                rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
-        else:
-            grad_rows = np.empty((P, C), dtype=dtype)
-    result = _engine.run_rows(rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats)
-    loss = _engine.reduce_loss(result.loss, options.reduction, normalizer, layout.positions_shape, logits.dtype)
-    grad = None
-    if direct:
-        grad = out
-    elif want_grad:
-        if logits.ndim > 2:  # rows are (N, d1..dk, C): move the class axis back to 1
-            grad_view = np.moveaxis(grad_rows.reshape(layout.positions_shape + (C,)), -1, 1)
-        else:
-            grad_view = grad_rows.reshape(logits.shape)
-        if out is not None:
-            np.copyto(out, grad_view, casting="same_kind")
-            grad = out
-        else:
-            grad = np.ascontiguousarray(grad_view, dtype=logits.dtype)
-    shape = layout.positions_shape
-    return CrossEntropyResult(
-        loss=loss,
-        grad_logits=grad,
-        lse=result.lse.reshape(shape),
-        predicted=result.argmax.reshape(shape) if want_stats else np.empty(0, np.int64),
-        entropy=result.entropy.reshape(shape) if want_stats else np.empty(0),
-    )
-
-
-def _check_out(out, logits: np.ndarray) -> None:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.shape != logits.shape:
-        raise ValueError(f"out has shape {out.shape}, expected the logits' shape {logits.shape}")
-    if out.dtype != logits.dtype:
-        raise ValueError(f"out has dtype {out.dtype}, expected the logits' dtype {logits.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")

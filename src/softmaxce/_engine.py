@@ -8,35 +8,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _resources, _threads
 from ._options import CEOptions
-from ._validation import Layout, TargetOutOfBoundsError, check_layout, out_of_bounds_message
+from ._results import CrossEntropyResult
+from ._validation import Layout, LogitsDtypeError, TargetOutOfBoundsError, check_layout, out_of_bounds_message
 
-__all__ = ["Problem", "RowOutputs", "prepare_targets", "compute_dtype", "run_rows", "reduce_loss", "row_coefficients"]
+__all__ = [
+    "CHUNK_BYTES",
+    "RowOutputs",
+    "compute_dtype",
+    "forward_logits",
+    "prepare_targets",
+    "reduce_loss",
+    "row_coefficients",
+    "run_rows",
+]
 
 
 PARALLEL_MIN_SIZE = 1 << 16  # logits below which the kernels run on the calling thread only
+# The memory budget of one chunk of logits, in bytes: the fused head's buffer (768 rows at V = 32768,
+# float32) and the torch chunked path's working set. The kernels' own work unit is separate.
+CHUNK_BYTES = 96 * 2**20
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """float64 stays float64; float32 and narrower floats compute in float32."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-@dataclass
-class Problem:
-    """A validated problem in row form: logits (P, C), one row per position."""
-
-    layout: Layout
-    options: CEOptions
-    logits: np.ndarray  # (P, C) C-contiguous, float32 or float64
-    target: np.ndarray  # (P,) int64, or (P, C) of logits' dtype for probability targets
-    weight: np.ndarray  # (C,) float64, or empty for no class weight
-    normalizer: float  # what "mean" divides by (1.0 for "sum" and "none")
-    input_dtype: np.dtype  # dtype of the caller's logits (the loss comes back in it)
 
 
 @dataclass
@@ -62,7 +61,9 @@ def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options
     )
 
 
-def prepare_targets(layout: Layout, target: np.ndarray, weight, options: CEOptions, dtype: np.dtype):
+def prepare_targets(
+    layout: Layout, target: np.ndarray, weight, options: CEOptions, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Targets in row form and the class weight; checks class indices against [0, C).
 
     Returns (target_rows, weight (C,) float64 or empty, normalizer for "mean").
@@ -167,17 +168,19 @@ def run_rows(
     cap = options.softcap or 0.0
     eps, lam = options.label_smoothing, options.z_loss
     # Small problems run serially: waking the thread pool costs more than their work.
-    parallel = logits.size >= PARALLEL_MIN_SIZE and numba.get_num_threads() > 1
-    if probability:
-        kernel = _kernels.probability_rows if parallel else _kernels.probability_rows_serial
-        kernel(logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
-    else:
-        kernel = _kernels.index_rows if parallel else _kernels.index_rows_serial
-        kernel(logits, target, weight, eps, lam, cap, options.ignore_index, k, g, loss, lse, argmax, entropy)
+    parallel = logits.size >= PARALLEL_MIN_SIZE and _threads.parallel_allowed()
+    with _threads.kernel_region(parallel):
+        if probability:
+            _kernels.probability_rows(parallel, logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
+        else:
+            ii = options.ignore_index
+            _kernels.index_rows(parallel, logits, target, weight, eps, lam, cap, ii, k, g, loss, lse, argmax, entropy)
     return RowOutputs(loss, lse, argmax, entropy)
 
 
-def reduce_loss(loss_rows: np.ndarray, reduction: str, normalizer: float, positions_shape, dtype: np.dtype):
+def reduce_loss(
+    loss_rows: np.ndarray, reduction: str, normalizer: float, positions_shape, dtype: np.dtype
+) -> np.ndarray | np.generic:
     """The reduced loss in the caller's dtype: a NumPy scalar for "mean"/"sum", an array for "none"."""
     if reduction == "none":
         return loss_rows.reshape(positions_shape).astype(dtype)
@@ -187,3 +190,72 @@ def reduce_loss(loss_rows: np.ndarray, reduction: str, normalizer: float, positi
             # as PyTorch: 0 / 0 (all ignored, empty) is NaN, x / 0 (kept weights summing to 0) is +-inf
             total = np.float64(total) / np.float64(normalizer)
     return np.asarray(total, dtype=dtype)[()]
+
+
+def forward_logits(
+    logits, target, weight, options: CEOptions, *, want_grad, want_stats, grad_output, out
+) -> CrossEntropyResult:
+    """The whole NumPy pipeline for given logits: validate, run the row kernels, reduce, lay the
+    gradient out in the logits' shape (into `out` when given)."""
+    logits = np.asarray(logits)
+    target = np.asarray(target)
+    if logits.dtype.kind == "f" and logits.dtype.itemsize < 4 and logits.dtype != np.float16:
+        raise LogitsDtypeError(f"cross_entropy is not implemented for logits of dtype {logits.dtype}")
+    layout = check_arrays(logits.shape, logits.dtype, target, weight, options)
+    dtype = compute_dtype(logits.dtype)
+    target_rows, w, normalizer = prepare_targets(layout, target, weight, options, dtype)
+    if options.reduction != "mean":
+        normalizer = 1.0
+    P, C = layout.num_positions, layout.num_classes
+    # what this call allocates beyond the caller's arrays, checked before any work
+    itemsize = np.dtype(dtype).itemsize
+    copies = 0 if logits.dtype == dtype and logits.flags.c_contiguous and logits.ndim <= 2 else P * C * itemsize
+    _resources.check_memory(copies + (P * C * itemsize if want_grad and out is None else 0) + 40 * P, "cross_entropy")
+    rows = logits_rows(logits, layout, dtype)  # a view when logits are contiguous
+    coef = grad_rows = None
+    direct = False  # the kernel writes the gradient straight into `out`
+    if want_grad:
+        coef = row_coefficients(options.reduction, normalizer, grad_output, layout.positions_shape, P)
+        if out is not None:
+            _check_out(out, logits)
+            direct = logits.ndim <= 2 and out.dtype == dtype and out.flags.c_contiguous
+        if direct:
+            grad_rows = out.reshape(P, C)
+            if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
+                rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
+        else:
+            grad_rows = np.empty((P, C), dtype=dtype)
+    result = run_rows(rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats)
+    loss = reduce_loss(result.loss, options.reduction, normalizer, layout.positions_shape, logits.dtype)
+    grad = None
+    if direct:
+        grad = out
+    elif want_grad:
+        if logits.ndim > 2:  # rows are (N, d1..dk, C): move the class axis back to 1
+            grad_view = np.moveaxis(grad_rows.reshape(layout.positions_shape + (C,)), -1, 1)
+        else:
+            grad_view = grad_rows.reshape(logits.shape)
+        if out is not None:
+            np.copyto(out, grad_view, casting="same_kind")
+            grad = out
+        else:
+            grad = np.ascontiguousarray(grad_view, dtype=logits.dtype)
+    shape = layout.positions_shape
+    return CrossEntropyResult(
+        loss=loss,
+        grad_logits=grad,
+        lse=result.lse.reshape(shape),
+        predicted=result.argmax.reshape(shape) if want_stats else np.empty(0, np.int64),
+        entropy=result.entropy.reshape(shape) if want_stats else np.empty(0),
+    )
+
+
+def _check_out(out, logits: np.ndarray) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != logits.shape:
+        raise ValueError(f"out has shape {out.shape}, expected the logits' shape {logits.shape}")
+    if out.dtype != logits.dtype:
+        raise ValueError(f"out has dtype {out.dtype}, expected the logits' dtype {logits.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")

@@ -18,46 +18,18 @@ before the first chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import blas
 
-from . import _engine
-from ._api import _options
+from . import _fused
 from ._options import CEOptions
-from ._validation import LogitsDtypeError, TargetShapeError
+from ._results import LinearCrossEntropyResult
 
 __all__ = [
-    "LinearCrossEntropyResult",
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "linear_cross_entropy_with_stats",
 ]
-
-CHUNK_BYTES = 96 * 2**20  # default size of the logits chunk buffer (768 rows at V = 32768)
-
-
-@dataclass(frozen=True)
-class LinearCrossEntropyResult:
-    """Everything one pass of the fused head computes.
-
-    Attributes:
-        loss: the reduced loss (NumPy scalar in x's dtype; an array for reduction="none").
-        grad_x: dL/dx, x's shape (None when not asked for).
-        grad_weight: dL/dW, (V, D) (None when not asked for).
-        grad_bias: dL/db, (V,) (None without bias or when not asked for).
-        lse, predicted, entropy: per-position log-sum-exp, argmax class and entropy of softmax.
-    """
-
-    loss: np.ndarray | np.generic
-    grad_x: np.ndarray | None
-    grad_weight: np.ndarray | None
-    grad_bias: np.ndarray | None
-    lse: np.ndarray
-    predicted: np.ndarray
-    entropy: np.ndarray
 
 
 def linear_cross_entropy(
@@ -73,7 +45,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
-):
+) -> np.ndarray | np.generic:
     """`cross_entropy(x @ linear_weight.T + bias, target, ...)` without allocating the logits.
 
     Args:
@@ -94,8 +66,10 @@ def linear_cross_entropy(
         >>> round(float(softmaxce.linear_cross_entropy(x, W, [1, 0])), 6)  # -ln 0.6
         0.510826
     """
-    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    return _run(
+    options = CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+    return _fused.forward_linear(
         x, linear_weight, target, bias, weight, options, chunk_size, want_grad=False, want_stats=False, grad_output=None
     ).loss
 
@@ -114,7 +88,7 @@ def linear_cross_entropy_and_grad(
     softcap: float | None = None,
     chunk_size: int | None = None,
     grad_output: npt.ArrayLike | None = None,
-) -> tuple:
+) -> tuple[np.ndarray | np.generic, np.ndarray, np.ndarray, np.ndarray | None]:
     """Loss and the gradients dx = G W, dW = G^T x, db = sum G with G = dL/dlogits (a - y per row
     for a one-hot target), without the N x V logits. Options as in `linear_cross_entropy`;
     `grad_output` as in `softmaxce.cross_entropy_and_grad`.
@@ -122,8 +96,10 @@ def linear_cross_entropy_and_grad(
     Returns:
         (loss, grad_x, grad_weight, grad_bias); grad_bias is None without bias.
     """
-    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    r = _run(
+    options = CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+    r = _fused.forward_linear(
         x,
         linear_weight,
         target,
@@ -156,8 +132,10 @@ def linear_cross_entropy_with_stats(
 ) -> LinearCrossEntropyResult:
     """Loss, optionally the gradients, and per-position lse, predicted class and entropy, all from
     the same chunked pass (the logits are never held whole)."""
-    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    return _run(
+    options = CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
+    return _fused.forward_linear(
         x,
         linear_weight,
         target,
@@ -169,120 +147,3 @@ def linear_cross_entropy_with_stats(
         want_stats=True,
         grad_output=grad_output,
     )
-
-
-def _float(name: str, a) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind != "f":
-        raise LogitsDtypeError(f"linear_cross_entropy is not implemented for {name} of dtype {a.dtype}")
-    return a
-
-
-def _run(x, W, target, bias, weight, options: CEOptions, chunk_size, *, want_grad, want_stats, grad_output):
-    x = _float("x", x)
-    W = _float("linear_weight", W)
-    target = np.asarray(target)
-    if x.ndim < 1:
-        raise ValueError(f"x must have at least one dimension (the features), got shape {x.shape}")
-    if W.ndim != 2 or W.shape[1] != x.shape[-1]:
-        raise ValueError(f"linear_weight must have shape (V, {x.shape[-1]}) to match x's features, got {W.shape}")
-    V, D = W.shape
-    if bias is not None:
-        bias = _float("bias", bias)
-        if bias.shape != (V,):
-            raise ValueError(f"bias must have shape ({V},), got {bias.shape}")
-    out_dtype = np.result_type(x.dtype, W.dtype)
-    dtype = _engine.compute_dtype(out_dtype)
-    positions = x.shape[:-1]
-    P = int(np.prod(positions, dtype=np.int64))
-    # The logits are (P, V) with classes last; validate as cross_entropy would on them.
-    if x.ndim == 1:
-        logits_shape, target_view = (V,), target
-    elif target.shape == positions + (V,):
-        logits_shape, target_view = (P, V), target.reshape(P, V)
-    elif target.shape == positions:
-        logits_shape, target_view = (P, V), target.reshape(P)
-    else:
-        raise TargetShapeError(
-            f"Expected target size {list(positions)} (class indices) or {list(positions) + [V]} "
-            f"(class probabilities), got {list(target.shape)}"
-        )
-    layout = _engine.check_arrays(logits_shape, dtype, target_view, weight, options)
-    target_rows, w, normalizer = _engine.prepare_targets(layout, target_view, weight, options, dtype)
-    if options.reduction != "mean":
-        normalizer = 1.0
-    out_positions = layout.positions_shape if x.ndim == 1 else positions
-
-    x2 = np.ascontiguousarray(x.reshape(P, D) if x.ndim > 1 else x.reshape(1, D), dtype=dtype)
-    W2 = np.ascontiguousarray(W, dtype=dtype)
-    b2 = None if bias is None else np.ascontiguousarray(bias, dtype=dtype)
-    coef = None
-    if want_grad:
-        coef = _engine.row_coefficients(options.reduction, normalizer, grad_output, out_positions, P)
-
-    rows = _chunk_rows(chunk_size, P, V, dtype)
-    buf = np.empty((rows, V), dtype=dtype)  # the only logits-sized memory: one chunk
-    loss = np.empty(P)
-    lse = np.empty(P)
-    predicted = np.empty(P if want_stats else 0, dtype=np.int64)
-    entropy = np.empty(P if want_stats else 0)
-    gx = gW = gb = None
-    if want_grad:
-        gx = np.empty((P, D), dtype=dtype)
-        gW = np.zeros((V, D), dtype=dtype)
-        gb = np.zeros(V, dtype=dtype) if b2 is not None else None
-    gemm = blas.dgemm if dtype == np.float64 else blas.sgemm
-    for start in range(0, P, rows):
-        stop = min(start + rows, P)
-        xc = x2[start:stop]
-        z = buf[: stop - start]
-        # All three products on one BLAS (scipy's), Fortran view of C arrays: handing work back and
-        # forth between numpy's and scipy's OpenBLAS pools costs their idle threads' spinning.
-        gemm(1.0, W2.T, xc.T, trans_a=1, beta=0.0, c=z.T, overwrite_c=1)  # z (n, V) = x_c W^T
-        if b2 is not None:
-            z += b2
-        r = _engine.run_rows(
-            z,
-            target_rows[start:stop],
-            layout.probability,
-            w,
-            options,
-            coef[start:stop] if want_grad else None,
-            z if want_grad else None,
-            want_stats,
-        )
-        loss[start:stop] = r.loss
-        lse[start:stop] = r.lse
-        if want_stats:
-            predicted[start:stop] = r.argmax
-            entropy[start:stop] = r.entropy
-        if want_grad:  # z now holds G = dL/dlogits for the chunk
-            gemm(1.0, W2.T, z.T, beta=0.0, c=gx[start:stop].T, overwrite_c=1)  # grad_x (n, D) = G W
-            # grad_W^T (D, V, Fortran order) += x_c^T (D, n) @ G (n, V): in place, beta = 1
-            gemm(1.0, xc.T, z.T, beta=1.0, c=gW.T, trans_b=1, overwrite_c=1)
-            if gb is not None:
-                gb += z.sum(axis=0)
-
-    loss_out = _engine.reduce_loss(loss, options.reduction, normalizer, out_positions, out_dtype)
-    if want_grad:
-        gx = gx.reshape(x.shape).astype(x.dtype, copy=False)
-        gW = gW.astype(W.dtype, copy=False)
-        if gb is not None:
-            gb = gb.astype(bias.dtype, copy=False)
-    return LinearCrossEntropyResult(
-        loss=loss_out,
-        grad_x=gx,
-        grad_weight=gW,
-        grad_bias=gb,
-        lse=lse.reshape(out_positions),
-        predicted=predicted.reshape(out_positions) if want_stats else predicted,
-        entropy=entropy.reshape(out_positions) if want_stats else entropy,
-    )
-
-
-def _chunk_rows(chunk_size, P: int, V: int, dtype) -> int:
-    if chunk_size is None:
-        return max(1, min(max(P, 1), CHUNK_BYTES // max(1, V * np.dtype(dtype).itemsize)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return int(min(chunk_size, max(P, 1)))

@@ -1,7 +1,9 @@
 """Vocabulary-parallel head: 1, 2, 3 (uneven) and 4 gloo processes on CPU against one process.
 
-Each test starts one process group (this file run as a script per rank, loopback only) and batches
-many option combinations inside it. Every rank computes the single-process float64 reference
+One test per (option combination, group size), selectable with -k (`-k "2proc and prob"`). Each
+group size is launched once per session (this file run as a script per rank, loopback only), on the
+first test that needs it, and runs in one go every case that the selected tests need (`_plan`).
+Every rank computes the single-process float64 reference
 (torch.nn.functional.cross_entropy on the full x @ W.T + b, plus the explicit z_loss / softcap
 formula), runs the sharded head on its slice, and writes the normwise relative error of the loss
 and of every gradient to a JSON file that the test reads back.
@@ -22,143 +24,15 @@ import pytest
 
 HERE = os.path.abspath(__file__)
 TOL = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 2e-2}
-_CACHE: dict[int, list[dict]] = {}
+WORLDS = [1, 2, 3, 4]
+FAULTS_WORLD, DEAD_WORLD = 3, 2  # the group that runs the input-fault scenarios, the one whose rank 1 dies
 
 
-# ----------------------------------------------------------------------------------------- parent
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(mode: str, world: int, out_dir: str, timeout: float = 240.0) -> list[dict]:
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, HERE, mode, str(r), str(world), str(port), out_dir],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    logs = []
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"{mode} group of {world} did not finish in {timeout} s")
-    results = []
-    for r, p in enumerate(procs):
-        path = os.path.join(out_dir, f"{mode}-{world}-{r}.json")
-        assert os.path.exists(path), f"rank {r} wrote nothing (exit {p.returncode}):\n{logs[r][-3000:]}"
-        with open(path) as f:
-            results.append(json.load(f))
-    return results
-
-
-def _group(world: int, tmp_path_factory) -> list[dict]:
-    if world not in _CACHE:
-        _CACHE[world] = _launch("cases", world, str(tmp_path_factory.mktemp(f"vp{world}")))
-    return _CACHE[world]
-
-
-@pytest.mark.parametrize("world", [1, 2, 3, 4], ids=lambda k: f"{k}proc")
-def test_matches_single_process(world, tmp_path_factory):
-    ranks = _group(world, tmp_path_factory)
-    assert len(ranks[0]["cases"]) >= 70
-    for rank, res in enumerate(ranks):
-        for case in res["cases"]:
-            for what, err in case["errors"].items():
-                tol = case.get("tolerance", {}).get(what, TOL[case["dtype"]])
-                assert err <= tol, f"rank {rank}, case {case['name']}: {what} relative error {err:.3g} > {tol}"
-            for what in case.get("exact", []):
-                assert what["ok"], f"rank {rank}, case {case['name']}: {what['what']}"
-    # the loss (and statistics) are bit-for-bit the same on every rank
-    for i, case in enumerate(ranks[0]["cases"]):
-        for res in ranks[1:]:
-            other = res["cases"][i]
-            assert other["name"] == case["name"]
-            assert _same(other["loss"], case["loss"]), f"case {case['name']}: losses differ between ranks"
-
-
-def test_layout_and_input_faults_are_reported_on_every_rank(tmp_path_factory):
-    ranks = _group(3, tmp_path_factory)
-    faults = [res["faults"] for res in ranks]
-    by_name = {name: [f[name] for f in faults] for name in faults[0]}
-    expected = {"overlap": "[0, 11) exactly (an overlap at [6, 7))", "gap": "[0, 10) exactly (a gap [7, 8))",
-                "duplicate": "[0, 12) exactly (an overlap at [0, 4))"}  # fmt: skip
-    for name, text in expected.items():
-        for kind, msg in by_name[name]:
-            assert kind == "ShardLayoutError" and f"do not tile {text}" in msg, (name, kind, msg)
-    for kind, msg in by_name["disagree"]:
-        assert kind == "ShardLayoutError" and "disagree on reduction: ['mean', 'sum', 'mean']" in msg
-    for kind, msg in by_name["disagree_shape"]:
-        assert kind == "ShardLayoutError" and "disagree on number of positions" in msg
-    (k0, m0), *others = by_name["bad_class_weight"]
-    assert k0 == "WeightShapeError" and "shape [4], one per row of weight_shard, but got: [5]" in m0, (k0, m0)
-    for kind, msg in others:
-        assert kind == "ShardLayoutError" and "rank(s) [0]" in msg, (kind, msg)
-    for kind, msg in by_name["out_of_bounds"]:
-        assert (kind, msg) == ("TargetOutOfBoundsError", "Target 11 is out of bounds.")
-    for kind, msg in by_name["bad_option"]:
-        assert kind == "OptionError" and "label_smoothing must be between 0.0 and 1.0. Got: 1.5" in msg
-    for kind, msg in by_name["normalizer_with_sum"]:
-        assert kind == "ValueError" and "normalizer" in msg
-    for kind, msg in by_name["after_faults"]:  # the group still works after all of the above
-        assert kind == "ok", msg
-
-
-@pytest.mark.parametrize("fault", ["stalled", "dead"])
-def test_a_stalled_or_dead_rank_makes_the_others_fail_within_the_timeout(fault, tmp_path_factory):
-    # the last phase of the 2-process group: rank 1 first sleeps past a 5 s subgroup timeout, then
-    # exits without a word; each time rank 0 calls the head on that subgroup and must get an error
-    res = _group(2, tmp_path_factory)[0]["faults"][fault]
-    assert res["raised"], f"rank 0 returned a result although rank 1 was {fault}"
-    assert "RuntimeError" in res["mro"], res
-    assert res["elapsed"] < res["timeout"] + 10.0, res
-    assert any("vocab_parallel_linear_cross_entropy: the layout all-gather failed" in n for n in res["notes"]), res
-
-
-def _same(a, b) -> bool:
-    a, b = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
-    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
-
-
-# ----------------------------------------------------------------------------------------- worker
-
-
-def _shards(V: int, k: int, style: int, seed: int):
-    """Blocks of [0, V) (uneven, possibly empty for style 1) and the block each rank holds."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    if style == 0 or k == 1:
-        sizes = [len(c) for c in torch.arange(V).tensor_split(k)]
-        perm = list(range(k))
-    else:
-        cuts = sorted(torch.randint(0, V + 1, (k - 1,), generator=g).tolist())
-        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, V], strict=True)]
-        perm = torch.randperm(k, generator=g).tolist()
-    starts = [sum(sizes[:i]) for i in range(k)]
-    return [(starts[perm[r]], sizes[perm[r]]) for r in range(k)]
-
-
-def _positions(kind: str, i: int) -> tuple[int, ...]:
-    if kind == "ignore":  # position 1 of every 3 is ignored: keep at least one that is not
-        return ((7,), (2, 3))[i % 2]
-    return ((7,), (2, 3), (), (5,))[i % 4]  # () is a 1-D input (D,): one position
+# ----------------------------------------------------------------------------------------- cases
 
 
 def _cases() -> list[dict]:
+    """The option combinations (each a test id), every one run on every group size."""
     cases = []
     i = 0
     for dtype in ("float64", "float32"):
@@ -169,7 +43,7 @@ def _cases() -> list[dict]:
                         i += 1
                         cases.append(
                             dict(
-                                name=f"{i}-{dtype}-{kind}-{reduction}-w{int(weighted)}-eps{eps}",
+                                name=f"{dtype}-{kind}-{reduction}-{'weighted' if weighted else 'unweighted'}-eps{eps}",
                                 dtype=dtype,
                                 kind=kind,
                                 reduction=reduction,
@@ -207,6 +81,166 @@ def _cases() -> list[dict]:
         dict(base, name="big-chunk-none", positions=(9,), reduction="none", chunk=100, seed=113),
     ]
     return cases
+
+
+MICRO_BATCHES = "micro-batches-normalizer"
+
+
+# ----------------------------------------------------------------------------------------- parent
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world: int, plan: dict, out_dir: str, timeout: float = 240.0) -> list[dict]:
+    """Starts `world` ranks running `plan` (case names, faults, dead); returns each rank's results."""
+    port = _free_port()
+    plan_path = os.path.join(out_dir, "plan.json")
+    with open(plan_path, "w") as f:
+        json.dump(plan, f)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, HERE, str(r), str(world), str(port), out_dir, plan_path],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"group of {world} did not finish in {timeout} s")
+    results = []
+    for r, p in enumerate(procs):
+        path = os.path.join(out_dir, f"{world}-{r}.json")
+        assert os.path.exists(path), f"rank {r} wrote nothing (exit {p.returncode}):\n{logs[r][-3000:]}"
+        with open(path) as f:
+            results.append(json.load(f))
+    return results
+
+
+def _plan(session, world: int) -> dict:
+    """What the selected tests (after -k) need from the group of `world`: one launch runs all of it."""
+    plan = dict(cases=[], faults=False, dead=False)
+    for item in session.items:
+        if os.path.abspath(item.path) != HERE:
+            continue
+        name = getattr(item, "originalname", "")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if name == "test_matches_single_process" and params["world"] == world:
+            plan["cases"].append(params["case"])
+        plan["faults"] |= name == "test_input_faults_are_reported_on_every_rank" and world == FAULTS_WORLD
+        plan["dead"] |= name == "test_a_stalled_or_dead_rank_fails_the_others" and world == DEAD_WORLD
+    return plan
+
+
+@pytest.fixture(scope="module")
+def groups(request, tmp_path_factory):
+    """world -> each rank's results; a group is launched once, on first use, for all selected tests."""
+    cache: dict[int, list[dict]] = {}
+
+    def get(world: int) -> list[dict]:
+        if world not in cache:
+            cache[world] = _launch(world, _plan(request.session, world), str(tmp_path_factory.mktemp(f"vp{world}")))
+        return cache[world]
+
+    return get
+
+
+@pytest.mark.parametrize("case", [c["name"] for c in _cases()] + [MICRO_BATCHES])
+@pytest.mark.parametrize("world", WORLDS, ids=lambda k: f"{k}proc")
+def test_matches_single_process(groups, world, case):
+    ranks = [{c["name"]: c for c in res["cases"]}[case] for res in groups(world)]
+    for rank, res in enumerate(ranks):
+        for what, err in res["errors"].items():
+            tol = res.get("tolerance", {}).get(what, TOL[res["dtype"]])
+            assert err <= tol, f"rank {rank}: {what} relative error {err:.3g} > {tol}"
+        for what in res["exact"]:
+            assert what["ok"], f"rank {rank}: {what['what']}"
+    for rank, res in enumerate(ranks[1:], 1):  # the loss (and statistics) are bit-for-bit the same on every rank
+        assert _same(res["loss"], ranks[0]["loss"]), f"losses differ between rank 0 and rank {rank}"
+
+
+def test_input_faults_are_reported_on_every_rank(groups):
+    faults = [res["faults"] for res in groups(FAULTS_WORLD)]
+    by_name = {name: [f[name] for f in faults] for name in faults[0]}
+    expected = {"overlap": "[0, 11) exactly (an overlap at [6, 7))", "gap": "[0, 10) exactly (a gap [7, 8))",
+                "duplicate": "[0, 12) exactly (an overlap at [0, 4))"}  # fmt: skip
+    for name, text in expected.items():
+        for kind, msg in by_name[name]:
+            assert kind == "ShardLayoutError" and f"do not tile {text}" in msg, (name, kind, msg)
+    for kind, msg in by_name["disagree"]:
+        assert kind == "ShardLayoutError" and "disagree on reduction: ['mean', 'sum', 'mean']" in msg
+    for kind, msg in by_name["disagree_shape"]:
+        assert kind == "ShardLayoutError" and "disagree on number of positions" in msg
+    (k0, m0), *others = by_name["bad_class_weight"]
+    assert k0 == "WeightShapeError" and "shape [4], one per row of weight_shard, but got: [5]" in m0, (k0, m0)
+    for kind, msg in others:
+        assert kind == "ShardLayoutError" and "rank(s) [0]" in msg, (kind, msg)
+    for kind, msg in by_name["out_of_bounds"]:
+        assert (kind, msg) == ("TargetOutOfBoundsError", "Target 11 is out of bounds.")
+    for kind, msg in by_name["bad_option"]:
+        assert kind == "OptionError" and "label_smoothing must be between 0.0 and 1.0. Got: 1.5" in msg
+    for kind, msg in by_name["normalizer_with_sum"]:
+        assert kind == "ValueError" and "normalizer" in msg
+    for kind, msg in by_name["uint16_input"]:  # PyTorch's name for the dtype, as F.cross_entropy prints it
+        assert kind == "LogitsDtypeError" and msg.endswith("dtype UInt16"), (kind, msg)
+    for kind, msg in by_name["uint16_target"]:
+        assert kind == "ok", msg
+    for kind, msg in by_name["after_faults"]:  # the group still works after all of the above
+        assert kind == "ok", msg
+
+
+@pytest.mark.parametrize("fault", ["stalled", "dead"])
+def test_a_stalled_or_dead_rank_fails_the_others(groups, fault):
+    # the last phase of the 2-process group: rank 1 first sleeps past a 5 s subgroup timeout, then
+    # exits without a word; each time rank 0 calls the head on that subgroup and must get an error
+    res = groups(DEAD_WORLD)[0]["faults"][fault]
+    assert res["raised"], f"rank 0 returned a result although rank 1 was {fault}"
+    assert "RuntimeError" in res["mro"], res
+    assert res["elapsed"] < res["timeout"] + 10.0, res
+    assert any("vocab_parallel_linear_cross_entropy: the layout all-gather failed" in n for n in res["notes"]), res
+
+
+def _same(a, b) -> bool:
+    a, b = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+
+# ----------------------------------------------------------------------------------------- worker
+
+
+def _shards(V: int, k: int, style: int, seed: int):
+    """Blocks of [0, V) (uneven, possibly empty for style 1) and the block each rank holds."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if style == 0 or k == 1:
+        sizes = [len(c) for c in torch.arange(V).tensor_split(k)]
+        perm = list(range(k))
+    else:
+        cuts = sorted(torch.randint(0, V + 1, (k - 1,), generator=g).tolist())
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, V], strict=True)]
+        perm = torch.randperm(k, generator=g).tolist()
+    starts = [sum(sizes[:i]) for i in range(k)]
+    return [(starts[perm[r]], sizes[perm[r]]) for r in range(k)]
+
+
+def _positions(kind: str, i: int) -> tuple[int, ...]:
+    if kind == "ignore":  # position 1 of every 3 is ignored: keep at least one that is not
+        return ((7,), (2, 3))[i % 2]
+    return ((7,), (2, 3), (), (5,))[i % 4]  # () is a 1-D input (D,): one position
 
 
 def _data(case: dict, torch):
@@ -388,7 +422,7 @@ def _micro_batches(rank, world, torch, vp) -> dict:
         "grad_weight_shard": _rel(ws.grad, Wl.grad[rows], torch),
         "grad_bias_shard": _rel(bs.grad, bl.grad[rows], torch),
     }
-    return dict(name="micro-batches-normalizer", dtype="float64", errors=errors, exact=[], loss=[float(acc)])
+    return dict(name=MICRO_BATCHES, dtype="float64", errors=errors, exact=[], loss=[float(acc)])
 
 
 def _faults(rank, world, torch, vp) -> dict:
@@ -423,6 +457,8 @@ def _faults(rank, world, torch, vp) -> dict:
     out["out_of_bounds"] = attempt(y=torch.tensor([0, 11, 2, 3]))
     out["bad_option"] = attempt(label_smoothing=1.5)
     out["normalizer_with_sum"] = attempt(reduction="sum", normalizer=4.0)
+    out["uint16_input"] = attempt(x=x.to(torch.uint16))
+    out["uint16_target"] = attempt(y=y.to(torch.uint16))  # any integer dtype holds class indices
     kind, msg = attempt()
     if kind == "ok":
         import torch.nn.functional as F
@@ -435,26 +471,28 @@ def _faults(rank, world, torch, vp) -> dict:
     return out
 
 
-def _worker(mode: str, rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, plan_path: str) -> None:
     import torch
     from torch import distributed as dist
 
     torch.set_num_threads(1)
+    with open(plan_path) as f:
+        plan = json.load(f)
     timeout = timedelta(seconds=120)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
     from softmaxce.torch import distributed as vp
 
-    path = os.path.join(out_dir, f"{mode}-{world}-{rank}.json")
-    results = [_run_case(case, rank, world, torch, vp) for case in _cases()]
-    results.append(_micro_batches(rank, world, torch, vp))
-    res = dict(cases=results)
-    if world == 3:
+    wanted = set(plan["cases"])
+    res = dict(cases=[_run_case(case, rank, world, torch, vp) for case in _cases() if case["name"] in wanted])
+    if MICRO_BATCHES in wanted:
+        res["cases"].append(_micro_batches(rank, world, torch, vp))
+    if plan["faults"]:
         res["faults"] = _faults(rank, world, torch, vp)
-    if world == 2:
+    if plan["dead"]:
         res["faults"] = _dead_rank(rank, torch, vp)  # rank 1 exits afterwards
-    with open(path, "w") as f:
+    with open(os.path.join(out_dir, f"{world}-{rank}.json"), "w") as f:
         json.dump(res, f)
-    if world == 2:
+    if plan["dead"]:
         os._exit(0)
     dist.destroy_process_group()
 
@@ -491,4 +529,4 @@ def _dead_rank(rank, torch, vp) -> dict:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    _worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -9,9 +9,17 @@ Same signatures, results, gradients and errors as PyTorch 2.13, plus keyword-onl
 softcap. float32/float64 CPU tensors run on softmaxce's NumPy/numba engine without copies; float16,
 bfloat16 and other devices run the same chunked algorithm in torch ops with float32 accumulation.
 The ops are torch.library custom ops, so models using them work under torch.compile(fullgraph=True).
+
+Layers: the front ends (`_functional.py`, `_modules.py`, `distributed.py`) validate and reshape; the
+ops (`_ops.py`) dispatch to the NumPy engine or to the chunked torch path (`_chunked.py`, and
+`_vocab_parallel.py` for the sharded head); the row math in torch primitives is `_rowmath.py`.
 """
 
-from ._functional import cross_entropy, linear_cross_entropy
-from ._modules import CrossEntropyLoss, LinearCrossEntropyLoss
+from .._extras import require
+
+require("torch", "torch")  # one ImportError naming the extra, before anything imports torch
+
+from ._functional import cross_entropy, linear_cross_entropy  # noqa: E402
+from ._modules import CrossEntropyLoss, LinearCrossEntropyLoss  # noqa: E402
 
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]

@@ -2,16 +2,16 @@
 
 This is the path for float16/bfloat16 CPU tensors and for tensors on any non-CPU device; float32
 and float64 CPU tensors go to the NumPy engine instead (`_ops.py` dispatches). It is the same
-algorithm as the numba row kernels, written with torch primitives over chunks of rows, with the
-arithmetic in float32 (float64 for float64 input). For one row with (soft-capped) logits z, the
-smoothed class-weighted target beta and the upstream coefficient k = dJ/dl_n:
+algorithm as the numba row kernels, over chunks of rows, with the arithmetic in float32 (float64
+for float64 input). For one row with (soft-capped) logits z, the smoothed class-weighted target
+beta and the upstream coefficient k = dJ/dl_n (the formulas, and their code, are in `_rowmath.py`):
 
     lse    = m + ln sum_j exp(z_j - m),  m = max_j z_j,   ln a = z - lse
     loss   = -sum_j beta_j ln a_j + omega * lam * lse**2
     grad_j = k * (alpha * a_j - beta_j),  alpha = sum_j beta_j + 2 * lam * omega * lse
 
-with beta = (1 - eps) w_y e_y + (eps / C) w and omega = w_y for a class index y, and
-beta = w * ((1 - eps) t + eps / C), omega = 1 for a probability target t.
+A chunk holds as many rows as fit `softmaxce._engine.CHUNK_BYTES` of logits in the accumulation
+dtype (the one memory budget of the package), unless the caller sets the rows per chunk.
 
 Nothing here reads a tensor value on the host (no .item(), nonzero() or branching on data), except
 the out-of-bounds target check on CPU tensors (on other devices it is an asynchronous device assert).
@@ -19,11 +19,15 @@ the out-of-bounds target check on CPU tensors (on other devices it is an asynchr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["ce_rows", "linear_ce_rows", "normalizer", "row_coef", "acc_dtype", "CHUNK_ELEMENTS"]
+from .. import _engine
+from .._options import CEOptions
+from . import _rowmath as rm
 
-CHUNK_ELEMENTS = 2**22  # logits entries per chunk (16 MiB in float32)
+__all__ = ["acc_dtype", "ce_rows", "chunk_rows", "chunks", "linear_ce_rows", "prepare", "reduce"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -31,10 +35,17 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_rows(P: int, C: int, chunk_size: int | None = None) -> int:
-    if chunk_size is not None:
-        return max(1, min(int(chunk_size), max(P, 1)))
-    return max(1, min(CHUNK_ELEMENTS // max(C, 1), max(P, 1)))
+def chunk_rows(P: int, C: int, acc: torch.dtype, chunk_size: int | None = None) -> int:
+    """Rows per chunk: `chunk_size`, else as many (n, C) rows in dtype `acc` as fit CHUNK_BYTES."""
+    if chunk_size is None:
+        chunk_size = _engine.CHUNK_BYTES // (max(C, 1) * acc.itemsize)
+    return max(1, min(int(chunk_size), max(P, 1)))
+
+
+def chunks(P: int, rows: int) -> Iterator[slice]:
+    """The row slices [0, rows), [rows, 2 rows), ... covering P rows."""
+    for start in range(0, P, rows):
+        yield slice(start, min(start + rows, P))
 
 
 def check_targets(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
@@ -49,12 +60,7 @@ def check_targets(target: torch.Tensor, num_classes: int, ignore_index: int) -> 
 
 
 def normalizer(
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    probability: bool,
-    num_classes: int,
-    dtype: torch.dtype,
+    target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, probability: bool, dtype: torch.dtype
 ) -> torch.Tensor:
     """What "mean" divides by, as a 0-d tensor: sum of w[y_n] over kept positions (their count
     without weights); the number of positions for probability targets."""
@@ -68,17 +74,12 @@ def normalizer(
 
 
 def row_coef(
-    reduction: str,
-    norm: torch.Tensor,
-    grad_output: torch.Tensor | None,
-    P: int,
-    dtype: torch.dtype,
-    device: torch.device,
+    reduction: str, norm: torch.Tensor | float, grad_output: torch.Tensor | None, P: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """k_n = dJ/dl_n, shape (P,): grad_output / norm ("mean"), grad_output ("sum") or the
     per-position upstream gradient ("none"); grad_output None means 1."""
     if grad_output is None:
-        go = torch.ones((), dtype=dtype, device=device)
+        go = torch.ones((), dtype=dtype, device=norm.device)  # only the torch path calls without one
     else:
         go = grad_output.to(dtype)
     if reduction == "mean":
@@ -86,79 +87,75 @@ def row_coef(
     return go.expand(P) if go.dim() == 0 else go.reshape(P)
 
 
+def prepare(
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    options: CEOptions,
+    num_classes: int,
+    acc: torch.dtype,
+    want_grad: bool,
+    grad_output: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Checks class indices and returns ("mean"'s normalizer, the row coefficients k (P,) or None)."""
+    probability = target.dim() == 2
+    if not probability:
+        check_targets(target, num_classes, options.ignore_index)
+    norm = normalizer(target, weight, options.ignore_index, probability, acc)
+    coef = row_coef(options.reduction, norm, grad_output, target.shape[0], acc) if want_grad else None
+    return norm, coef
+
+
+def reduce(loss: torch.Tensor, reduction: str, norm: torch.Tensor) -> torch.Tensor:
+    """The (P,) per-position losses reduced: their sum, the sum / norm ("mean"), or as they are."""
+    if reduction == "none":
+        return loss
+    return loss.sum() / norm if reduction == "mean" else loss.sum()
+
+
 def _chunk(
     z: torch.Tensor,
     t: torch.Tensor,
     weight: torch.Tensor | None,
-    probability: bool,
-    ignore_index: int,
-    eps: float,
-    lam: float,
-    cap: float,
+    options: CEOptions,
     coef: torch.Tensor | None,
     acc: torch.dtype,
-):
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One chunk of rows: (loss (n,), grad (n, C) in acc dtype or None, lse (n,)).
 
-    Works in place on its own temporaries (never on z), so a chunk costs about three (n, C) buffers.
+    Works in place on its own temporaries (never on the caller's z), so a chunk costs about three
+    (n, C) buffers.
     """
-    n, C = z.shape
-    z = z.to(acc)
-    if cap > 0.0:
-        zc = torch.tanh(z / cap).mul_(cap)  # Gemma 2 soft-capping
-    else:
-        zc = z  # maybe the caller's tensor: read only
-    m = zc.amax(dim=1, keepdim=True) if C > 0 else zc.new_zeros((n, 1))
-    log_a = zc - m  # NaN for a row whose max is +inf, -inf or NaN (as torch.log_softmax)
-    e = torch.exp(log_a)
-    log_s = torch.log(e.sum(dim=1, keepdim=True))
-    log_a.sub_(log_s)  # ln a = z - lse
-    lse = (m + log_s).squeeze(1)
+    C = z.shape[1]
+    eps, lam, cap = options.label_smoothing, options.z_loss, options.softcap
+    z = z.to(acc, copy=cap is not None)  # without softcap maybe the caller's tensor: read only
+    if cap is not None:
+        rm.soft_cap_(z, cap)  # Gemma 2 soft-capping, on our copy
+    log_a, e, lse = rm.log_softmax(z)
     w = None if weight is None else weight.to(acc)
-    smooth = eps / C if C > 0 else 0.0
-    if probability:
-        beta = t.to(acc) * (1.0 - eps) + smooth  # t' = (1 - eps) t + eps / C
-        if w is not None:
-            beta.mul_(w)  # beta = w t'
-        loss = -(beta * log_a).sum(dim=1)
-        alpha = beta.sum(dim=1)
-        if lam:
-            loss = loss + lam * lse * lse
-            alpha = alpha + 2.0 * lam * lse
+    if t.dim() == 2:  # probability target
+        beta = rm.probability_beta(t.to(acc), w, eps, C)
+        ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
+        loss, alpha = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
     else:
-        kept = t != ignore_index
-        y = torch.where(kept, t, 0).long().unsqueeze(1)
-        w_y = torch.ones(n, dtype=acc, device=z.device) if w is None else w[y.squeeze(1)]
-        w_y = torch.where(kept, w_y, 0.0)
-        nll = -log_a.gather(1, y).squeeze(1)
-        loss = (1.0 - eps) * w_y * nll
-        alpha = (1.0 - eps) * w_y
-        if smooth:
-            # (eps / C) sum_c w_c (-ln a_c): a matrix-vector product with weights
-            loss = loss - smooth * (log_a.sum(dim=1) if w is None else log_a @ w)
-            alpha = alpha + smooth * (float(C) if w is None else w.sum())
-        if lam:
-            loss = loss + w_y * lam * lse * lse
-            alpha = alpha + 2.0 * lam * w_y * lse
+        kept, y, w_y = rm.index_target(t, options.ignore_index, w, acc)
+        nll_y = -log_a.gather(1, y).squeeze(1)  # -ln a_y
+        # -sum_c w_c ln a_c: a matrix-vector product with weights
+        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None
+        w_sum = float(C) if w is None else w.sum()
+        ce, beta_sum = rm.index_sums(nll_y, nll_w, w_y, w_sum, eps, C)
+        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=w_y)
         loss = torch.where(kept, loss, 0.0)
     del log_a
     grad = None
     if coef is not None:
         k = coef.to(acc)
-        grad = e.div_(e.sum(dim=1, keepdim=True))  # a = softmax(z), in place of e
-        grad.mul_((alpha * k).unsqueeze(1))  # k alpha a
-        if probability:
-            grad.addcmul_(beta, k.unsqueeze(1), value=-1.0)  # - k beta
+        a = e.div_(e.sum(dim=1, keepdim=True))  # a = softmax(z), in place of e
+        if t.dim() == 2:
+            grad = rm.probability_grad_(a, k, alpha, beta)
         else:
-            if smooth and w is not None:
-                grad.addr_(k, w, alpha=-smooth)  # - k (eps / C) w
-            elif smooth:
-                grad.sub_(k.unsqueeze(1) * smooth)
-            grad.scatter_add_(1, y, (-(1.0 - eps) * w_y * k).unsqueeze(1))  # - k (1 - eps) w_y e_y
-            grad.masked_fill_(~kept.unsqueeze(1), 0.0)  # ignored rows: exactly 0
-        if cap > 0.0:
-            dcap = (zc / cap).square_().neg_().add_(1.0)  # d(cap tanh(z / cap))/dz = 1 - tanh^2
-            grad.mul_(dcap)
+            grad = rm.index_grad_(a, k, alpha, kept, y, w_y, w, eps, C)
+        if cap is not None:
+            rm.soft_cap_grad_(grad, z, cap)
     return loss, grad, lse
 
 
@@ -166,40 +163,22 @@ def ce_rows(
     z: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    probability: bool,
-    ignore_index: int,
-    eps: float,
-    lam: float,
-    cap: float,
+    options: CEOptions,
     coef: torch.Tensor | None,
     chunk_size: int | None = None,
-):
-    """Row form (P, C): per-position loss (P,) and lse (P,) in the accumulation dtype, and the
-    gradient (P, C) in z's dtype when `coef` (P,) is given (else None)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Row form (P, C), target (P,) class indices or (P, C) probabilities: per-position loss (P,)
+    and lse (P,) in the accumulation dtype, and the gradient (P, C) in z's dtype when `coef` (P,)
+    is given (else None). Returns (loss, grad, lse)."""
     P, C = z.shape
     acc = acc_dtype(z.dtype)
     loss = torch.empty(P, dtype=acc, device=z.device)
     lse = torch.empty(P, dtype=acc, device=z.device)
     grad = torch.empty_like(z, memory_format=torch.contiguous_format) if coef is not None else None
-    step = chunk_rows(P, C, chunk_size)
-    for s0 in range(0, P, step):
-        s1 = min(s0 + step, P)
-        lc, gc, sc = _chunk(
-            z[s0:s1],
-            target[s0:s1],
-            weight,
-            probability,
-            ignore_index,
-            eps,
-            lam,
-            cap,
-            None if coef is None else coef[s0:s1],
-            acc,
-        )
-        loss[s0:s1] = lc
-        lse[s0:s1] = sc
+    for s in chunks(P, chunk_rows(P, C, acc, chunk_size)):
+        loss[s], gc, lse[s] = _chunk(z[s], target[s], weight, options, None if coef is None else coef[s], acc)
         if grad is not None:
-            grad[s0:s1] = gc
+            grad[s] = gc
     return loss, grad, lse
 
 
@@ -209,15 +188,11 @@ def linear_ce_rows(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     weight: torch.Tensor | None,
-    probability: bool,
-    ignore_index: int,
-    eps: float,
-    lam: float,
-    cap: float,
+    options: CEOptions,
     coef: torch.Tensor | None,
     want: tuple[bool, bool, bool],
     chunk_size: int | None = None,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The fused head on rows: x (P, D), W (V, D), bias (V,). Per chunk of rows the logits
     z = x W^T + b (n, V) are formed, turned into G = dL/dz, and three products finish the chunk:
     grad_x[chunk] = G W, grad_W += G^T x[chunk], grad_b += sum_rows G. The full (P, V) logits never exist.
@@ -241,30 +216,15 @@ def linear_ce_rows(
     upcast = x.device.type == "cpu" and x.dtype != acc
     Wm = W.to(acc) if upcast else W
     bm = None if bias is None else (bias.to(acc) if upcast else bias)
-    step = chunk_rows(P, V, chunk_size)
-    for s0 in range(0, P, step):
-        s1 = min(s0 + step, P)
-        xc = x[s0:s1].to(acc) if upcast else x[s0:s1]
+    for s in chunks(P, chunk_rows(P, V, acc, chunk_size)):
+        xc = x[s].to(acc) if upcast else x[s]
         z = xc @ Wm.T if bm is None else torch.addmm(bm, xc, Wm.T)  # (n, V)
-        lc, g, sc = _chunk(
-            z,
-            target[s0:s1],
-            weight,
-            probability,
-            ignore_index,
-            eps,
-            lam,
-            cap,
-            None if coef is None else coef[s0:s1],
-            acc,
-        )
+        loss[s], g, lse[s] = _chunk(z, target[s], weight, options, None if coef is None else coef[s], acc)
         del z
-        loss[s0:s1] = lc
-        lse[s0:s1] = sc
         if g is None:
             continue
         if gx is not None:
-            gx[s0:s1] = g @ Wm if upcast else g.to(W.dtype) @ W  # (n, D)
+            gx[s] = g @ Wm if upcast else g.to(W.dtype) @ W  # (n, D)
         if gw is not None:
             gw.addmm_(g.T, xc.to(acc))  # (V, D) accumulated in place
         if gb is not None:

@@ -7,61 +7,61 @@ validate on metadata only, reshape to row form (class axis last) and call the cu
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import Tensor
 from torch.nn import LinearCrossEntropyOptions
 
-from .._options import CEOptions
-from .._validation import check_layout
-from . import _ops
+from .._options import CEOptions, OptionError
+from .._validation import BatchSizeError, Layout, check_layout
+from . import _dtypes, _ops
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
-# PyTorch's names for dtypes in its error messages ("expected target dtype to be Long or Byte, but got Double")
-_TORCH_NAMES = {
-    torch.float64: "Double",
-    torch.float32: "Float",
-    torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
-    torch.int64: "Long",
-    torch.int32: "Int",
-    torch.int16: "Short",
-    torch.int8: "Char",
-    torch.uint8: "Byte",
-    torch.bool: "Bool",
-    torch.complex64: "ComplexFloat",
-    torch.complex128: "ComplexDouble",
-}
+
+def _options(ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, softcap: float | None):
+    """CEOptions, raising PyTorch's message for label_smoothing > 1 (C++ prints 2.0 as "2")."""
+    if isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool) and label_smoothing > 1.0:
+        if isinstance(reduction, str) and reduction in ("none", "mean", "sum"):  # torch checks reduction first
+            raise OptionError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
+    return CEOptions(
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+    )
 
 
-def _kind(dtype: torch.dtype) -> str:
-    """NumPy's dtype kind letter for a torch dtype: 'f', 'c', 'b', 'u' or 'i'."""
-    if dtype.is_floating_point:
-        return "f"
-    if dtype.is_complex:
-        return "c"
-    if dtype == torch.bool:
-        return "b"
-    return "i" if dtype.is_signed else "u"
-
-
-def _name(dtype: torch.dtype) -> str:
-    return _TORCH_NAMES.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def _validate(logits_shape, logits_dtype: torch.dtype, target: Tensor, weight: Tensor | None, options: CEOptions):
+def _validate(
+    logits_shape, logits_dtype: torch.dtype, target: Tensor, weight: Tensor | None, options: CEOptions
+) -> Layout:
+    """`check_layout`, after PyTorch's first shape check: the batch sizes of logits (N, C, ...) and a
+    target that is not a probability target must agree (nll_loss_nd checks it before the target rank)."""
+    shape, t_shape = tuple(logits_shape), tuple(target.shape)
+    if logits_dtype.is_floating_point and len(shape) >= 2 and t_shape != shape and t_shape and t_shape[0] != shape[0]:
+        raise BatchSizeError(f"Expected input batch_size ({shape[0]}) to match target batch_size ({t_shape[0]}).")
     return check_layout(
         logits_shape,
-        _kind(logits_dtype),
-        _name(logits_dtype),
+        _dtypes.kind(logits_dtype),
+        _dtypes.name(logits_dtype),
         tuple(target.shape),
-        _kind(target.dtype),
-        _name(target.dtype),
+        _dtypes.kind(target.dtype),
+        _dtypes.name(target.dtype),
         None if weight is None else tuple(weight.shape),
         options,
     )
+
+
+def _autocast_on(t: Tensor) -> bool:
+    """torch.autocast is enabled for t's device type."""
+    device = t.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def _float32(t: Tensor | None) -> Tensor | None:
+    """Autocast's float32 policy: floating tensors other than float64 become float32."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.float()
 
 
 def cross_entropy(
@@ -109,9 +109,19 @@ def cross_entropy(
         from torch.nn import _reduction
 
         reduction = _reduction.legacy_get_string(size_average, reduce)
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    if _autocast_on(input):  # as torch: cross_entropy is on autocast's float32 list
+        with torch.autocast(input.device.type, enabled=False):
+            return cross_entropy(
+                _float32(input),
+                _float32(target),
+                _float32(weight),
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+                z_loss=z_loss,
+                softcap=softcap,
+            )
+    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     layout = _validate(tuple(input.shape), input.dtype, target, weight, options)
     C = layout.num_classes
     if input.dim() == 1:
@@ -194,9 +204,12 @@ def linear_cross_entropy(
     if tuple(target.shape) == logits_shape and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
-    if out_features:
+    autocast = _autocast_on(input)
+    if out_features or (autocast and options is None):
         # K-dimensional loss: each position has its own slice of the weight, so there is no shared
         # row of features to chunk over; form the logits as PyTorch does and use cross_entropy.
+        # Under autocast with options=None, PyTorch's reference path runs: linear in the autocast
+        # dtype, cross_entropy in float32; forming the logits the same way gives its very values.
         rows = math.prod(out_features, start=num_classes)
         logits = torch.nn.functional.linear(
             input,
@@ -213,9 +226,7 @@ def linear_cross_entropy(
             z_loss=z_loss,
             softcap=softcap,
         )
-    ce_options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     layout = _validate(logits_shape, torch.promote_types(input.dtype, linear_weight.dtype), target, weight, ce_options)
     if input.dim() == 1:
         x = input.unsqueeze(0)
@@ -223,7 +234,9 @@ def linear_cross_entropy(
     else:
         x, t = input, target
     chunk_size = getattr(options, "batch_chunk_size", None)
-    loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size)
+    # With options set, PyTorch's chunked path ignores autocast and computes in the inputs' dtypes.
+    with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size)
     if reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss

@@ -42,13 +42,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         softcap: float | None = None,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        CEOptions(
-            ignore_index=ignore_index,
-            reduction=self.reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-        )  # validate now rather than on the first call
+        # As torch.nn.CrossEntropyLoss, the options (z_loss and softcap too) are checked when called.
         self.z_loss = z_loss
         self.softcap = softcap
 
@@ -113,7 +107,8 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
             label_smoothing=label_smoothing,
             options=options,
         )
-        CEOptions(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        # torch checks label_smoothing here (and reduction on the call); z_loss and softcap with it.
+        CEOptions(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
         self.z_loss = z_loss
         self.softcap = softcap
 

@@ -1,4 +1,5 @@
-"""Engine of the vocabulary-parallel head: chunked local math, the two all-reduces, autograd glue.
+"""Engine of the vocabulary-parallel head: per-rank pieces of the row sums, the two all-reduces,
+autograd glue. The row math itself (loss, alpha, gradient rows) is `_rowmath.py`'s, given global sums.
 
 Each rank holds rows [vocab_start, vocab_start + Vs) of the classifier weight W (V, D). For every
 position n the global quantities are assembled from per-rank pieces (SEMANTICS.md, index targets):
@@ -12,7 +13,8 @@ Every rank first runs over its chunks of positions once, keeping O(N) per-positi
 against its LOCAL max m_rn (so no logit is ever exp()'d raw and no second pass is needed); after the
 MAX it rescales them to the global max, and one SUM of a single stacked buffer gives every rank the
 same global sums. The backward recomputes each chunk's logits, forms dL/dz from the saved global lse,
-and all-reduces only grad_x. The public checks live in `softmaxce.torch.distributed`.
+and all-reduces only grad_x. The public checks live in `softmaxce.torch.distributed`; a chunk holds
+`_chunked.chunk_rows` rows (the `softmaxce._engine.CHUNK_BYTES` budget) unless the caller sets it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 
 import torch
 from torch import distributed as dist
+
+from . import _rowmath as rm
+from ._chunked import chunks, row_coef
 
 __all__ = ["Plan", "VocabParallelFunction", "collective"]
 
@@ -45,7 +50,7 @@ class Plan:
     z_loss: float
     softcap: float | None
     normalizer: float | torch.Tensor | None
-    chunk_size: int
+    chunk_size: int  # positions per chunk
     want_stats: bool
 
 
@@ -67,13 +72,7 @@ def _logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cap: float
     z = x @ w.T  # (c, Vs), a fresh tensor: the rest is in place
     if b is not None:
         z.add_(b)
-    if cap is not None:
-        z.div_(cap).tanh_().mul_(cap)
-    return z
-
-
-def _rows(p: int, chunk: int) -> range:
-    return range(0, p, chunk)
+    return z if cap is None else rm.soft_cap_(z, cap)
 
 
 def _forward(
@@ -103,8 +102,7 @@ def _forward(
         zt_l = torch.zeros(P, dtype=dt, device=dev)  # z_{n, y_n} where owned
         zs_l = torch.zeros(P, dtype=dt, device=dev)  # sum_c w_c (z_c - m_l), for the smoothing term
     if Vs > 0:
-        for i in _rows(P, plan.chunk_size):
-            sl = slice(i, i + plan.chunk_size)
+        for sl in chunks(P, plan.chunk_size):
             z = _logits(x[sl], w, b, cap)  # (c, Vs)
             m, am = z.max(dim=1)
             zm = z - m[:, None]
@@ -113,9 +111,7 @@ def _forward(
             if plan.want_stats:
                 t_l[sl] = torch.where(e > 0, e * zm, 0.0).sum(1)
             if plan.probability:
-                beta = (1.0 - eps) * target[sl] + eps / V  # t' = (1 - eps) t + eps / V (V global)
-                if cw is not None:
-                    beta = beta * cw
+                beta = rm.probability_beta(target[sl], cw, eps, V)  # smoothing over the global V
                 pw_l[sl] = beta.sum(1)
                 pz_l[sl] = (beta * zm).sum(1)
             else:
@@ -188,24 +184,22 @@ def _forward(
         out["entropy"] = log_s - g[1] / g[0]  # H = ln S - sum e (z - m) / S
         out["predicted"] = g[2].round().to(torch.int64)
         k = 3
+    # -ln a_c = lse - z_c = ln S - (z_c - m): the row sums below are global, the math is _rowmath's
     if plan.probability:
         pw, pz = g[k], g[k + 1]
-        # l_n = sum_c beta_c (lse - z_c) + lam lse^2 = pw ln S - sum beta (z - m) + lam lse^2
-        loss = pw * log_s - pz + lam * lse * lse
-        out["pw"] = pw
+        ce = pw * log_s - pz  # -sum_c beta_c ln a_c = (sum_c beta_c) ln S - sum_c beta_c (z_c - m)
+        loss, alpha = rm.loss_and_alpha(ce, pw, lse, lam)
         out["weight_sum"] = torch.tensor(float(P), dtype=dt, device=dev)
     else:
-        ztm, wy = g[k], g[k + 1]
-        # l_n = (1 - eps) w_y (lse - z_y) + w_y lam lse^2 + (eps / V) sum_c w_c (lse - z_c)
-        loss = (1.0 - eps) * wy * (log_s - ztm) + wy * lam * lse * lse
-        if smooth:
-            wsum = stacked[-1]
-            loss = loss + (eps / V) * (wsum * log_s - g[k + 2])
-            out["wsum"] = wsum
+        ztm, wy = g[k], g[k + 1]  # z_y - m and w_y
+        wsum = stacked[-1] if smooth else 0.0  # sum_c w_c
+        nll_w = wsum * log_s - g[k + 2] if smooth else None  # -sum_c w_c ln a_c
+        ce, beta_sum = rm.index_sums(log_s - ztm, nll_w, wy, wsum, eps, V)
+        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=wy)
         loss = torch.where(valid, loss, 0.0)
-        out.update(wy=wy, valid=valid, owned=owned, jc=jc)
+        out.update(valid=valid, owned=owned, jc=jc, w_target=torch.where(owned, wy, 0.0))
         out["weight_sum"] = wy.sum()
-    out["loss_rows"] = loss
+    out["loss_rows"], out["alpha"] = loss, alpha
     return out
 
 
@@ -218,7 +212,7 @@ class VocabParallelFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, b, target, cw, plan: Plan):  # type: ignore[override]
+    def forward(ctx, x, w, b, target, cw, plan: Plan) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         out_dtype = x.dtype
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         xc, wc = x.to(dt), w.to(dt)
@@ -239,62 +233,42 @@ class VocabParallelFunction(torch.autograd.Function):
         predicted = r.get("predicted", torch.empty(0, dtype=torch.int64, device=x.device))
         entropy = r.get("entropy", empty)
         ctx.plan, ctx.out_dtype, ctx.norm, ctx.target_dtype = plan, out_dtype, norm, target.dtype
-        ctx.extra = {key: r[key] for key in ("wy", "valid", "owned", "jc", "wsum", "pw") if key in r}
-        ctx.save_for_backward(xc, wc, bc, tc, cwc, lse, r["m"], r["log_s"])
+        ctx.extra = {key: r[key] for key in ("alpha", "valid", "jc", "w_target") if key in r}
+        ctx.save_for_backward(xc, wc, bc, tc, cwc, r["m"], r["log_s"])
         ctx.mark_non_differentiable(lse, predicted, entropy)
         return loss.to(out_dtype), lse, predicted, entropy
 
     @staticmethod
-    def backward(ctx, grad_loss, *_ignored):  # type: ignore[override]
+    def backward(ctx, grad_loss, *_ignored) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         plan: Plan = ctx.plan
-        x, w, b, target, cw, lse, m, log_s = ctx.saved_tensors
+        x, w, b, target, cw, m, log_s = ctx.saved_tensors
         need_x, need_w, need_b, need_t = ctx.needs_input_grad[:4]
         P, D = x.shape
         Vs, V, dt = plan.shard_size, plan.vocab_size, x.dtype
-        eps, lam, cap = plan.label_smoothing, plan.z_loss, plan.softcap
-        g = grad_loss.to(dt)
-        if plan.reduction == "none":
-            r = g.reshape(P)
-        elif plan.reduction == "sum":
-            r = g.expand(P)
-        else:
-            r = (g / ctx.norm).expand(P)  # dL/dl_n = upstream / normalizer
+        eps, cap = plan.label_smoothing, plan.softcap
+        r = row_coef(plan.reduction, ctx.norm, grad_loss, P, dt)  # dJ/dl_n: upstream (/ normalizer for "mean")
         e = ctx.extra
-        if plan.probability:
-            alpha = r * (e["pw"] + 2.0 * lam * lse)  # dz = alpha a - r beta
-        else:
-            valid, owned, jc, wy = e["valid"], e["owned"], e["jc"], e["wy"]
-            alpha = (1.0 - eps) * wy + 2.0 * lam * wy * lse
-            if "wsum" in e:
-                alpha = alpha + (eps / V) * e["wsum"]
-            alpha = torch.where(valid, r * alpha, 0.0)
-            hit = torch.where(owned, r * (1.0 - eps) * wy, 0.0)  # subtracted at the target column
-            smooth_r = torch.where(valid, r * (eps / V), 0.0) if eps > 0.0 else None
         grad_x = torch.zeros(P, D, dtype=dt, device=x.device) if need_x else None
         grad_w = torch.zeros_like(w) if need_w else None
         grad_b = torch.zeros(Vs, dtype=dt, device=x.device) if need_b else None
         grad_t = torch.zeros_like(target) if need_t else None
         if Vs > 0:
-            for i in _rows(P, plan.chunk_size):
-                sl = slice(i, i + plan.chunk_size)
+            for sl in chunks(P, plan.chunk_size):
                 xs = x[sl]
                 z = _logits(xs, w, b, cap)  # (c, Vs), capped
-                logp = (z - m[sl, None]) - log_s[sl, None]  # ln a = (z - m) - ln S: z - m is exact near m
-                dz = torch.exp(logp).mul_(alpha[sl, None])  # dz_c = alpha a_c - (target terms)_c
+                log_a = rm.log_probs(z, m[sl], log_s[sl])  # with the global max and sum
+                a = torch.exp(log_a)
                 if plan.probability:
-                    beta = (1.0 - eps) * target[sl] + eps / V
-                    if cw is not None:
-                        beta = beta * cw
-                    dz.sub_(beta.mul_(r[sl, None]))
-                    if need_t:  # dL/dt_c = -(1 - eps) w_c ln a_c
-                        gt = -(1.0 - eps) * r[sl, None] * logp
-                        grad_t[sl] = gt * cw if cw is not None else gt
-                else:
-                    if smooth_r is not None:
-                        dz.sub_(smooth_r[sl, None] * cw if cw is not None else smooth_r[sl, None])
-                    dz.scatter_add_(1, jc[sl, None], -hit[sl, None])
+                    beta = rm.probability_beta(target[sl], cw, eps, V)
+                    dz = rm.probability_grad_(a, r[sl], e["alpha"][sl], beta)
+                    if need_t:
+                        grad_t[sl] = rm.target_grad(log_a, r[sl, None], cw, eps)
+                else:  # the target column's weight is subtracted on the rank that holds it
+                    dz = rm.index_grad_(
+                        a, r[sl], e["alpha"][sl], e["valid"][sl], e["jc"][sl, None], e["w_target"][sl], cw, eps, V
+                    )
                 if cap is not None:
-                    dz.mul_(1.0 - (z / cap) ** 2)  # d/dz cap tanh(z / cap) = 1 - tanh^2
+                    rm.soft_cap_grad_(dz, z, cap)
                 if need_x:
                     grad_x[sl] = dz @ w
                 if need_w:

@@ -45,6 +45,8 @@ from .._validation import (
     check_layout,
     out_of_bounds_message,
 )
+from . import _dtypes
+from ._chunked import acc_dtype, chunk_rows
 from ._vocab_parallel import Plan, VocabParallelFunction, collective
 
 __all__ = [
@@ -76,19 +78,6 @@ _FIELDS = (
 )
 _MUST_AGREE = _FIELDS[2:-1]
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-_TORCH_NAMES = {
-    torch.float64: "Double",
-    torch.float32: "Float",
-    torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
-    torch.int64: "Long",
-    torch.int32: "Int",
-    torch.int16: "Short",
-    torch.int8: "Char",
-    torch.uint8: "Byte",
-    torch.bool: "Bool",
-}
-_DEFAULT_CHUNK_ELEMENTS = 1 << 22  # ~16 MiB of float32 logits per chunk
 
 
 class ShardLayoutError(ValueError, RuntimeError):
@@ -156,7 +145,8 @@ def vocab_parallel_linear_cross_entropy(
         normalizer: for reduction="mean" only: the divisor of the summed loss, e.g. the number of
             targets (or their class-weight sum) over all micro-batches and data-parallel ranks, so
             that accumulated gradients equal one large batch's. Default: this call's own count.
-        chunk_size: positions per chunk of local logits (default: ~4M logits per chunk).
+        chunk_size: positions per chunk of local logits (default: as many as fit
+            `softmaxce._engine.CHUNK_BYTES` of this rank's logits in float32, float64 for float64 input).
 
     Returns:
         The loss in the input dtype: a scalar, or the positions' shape for reduction="none".
@@ -298,14 +288,12 @@ def _run(
     vocab_size, owner_order = _check_table(table)
 
     if not probability:
-        t = target.reshape(-1)
+        t = target.reshape(-1).long()  # any integer dtype (torch has no < for uint16 on CPU)
         bad = (t != options.ignore_index) & ((t < 0) | (t >= vocab_size))
         if bool(bad.any()):  # the same target on every rank: every rank raises
             raise TargetOutOfBoundsError(out_of_bounds_message(int(t[bad][0])))
 
     P, D, Vs = int(math.prod(x.shape[:-1])), x.shape[-1], w.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, _DEFAULT_CHUNK_ELEMENTS // max(Vs, 1))
     plan = Plan(
         vocab_start=int(vocab_start),
         vocab_size=vocab_size,
@@ -321,7 +309,7 @@ def _run(
         z_loss=options.z_loss,
         softcap=options.softcap,
         normalizer=normalizer,
-        chunk_size=int(chunk_size),
+        chunk_size=chunk_rows(P, Vs, acc_dtype(x.dtype), chunk_size),
         want_stats=want_stats,
     )
     t2 = target.reshape(P, Vs) if probability else target.reshape(P)
@@ -344,7 +332,7 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
     if x.dim() == 0:
         raise ShardLayoutError("input must be (..., D) with at least one dimension (the features), got a 0-d tensor")
     if x.dtype not in _DTYPES:
-        check_layout((1,), _kind(x.dtype), _TORCH_NAMES.get(x.dtype, str(x.dtype)), (), "i", "Long", None, options)
+        check_layout((1,), _dtypes.kind(x.dtype), _dtypes.name(x.dtype), (), "i", "Long", None, options)
         raise TypeError(f"input dtype {x.dtype} is not supported (float64, float32, float16, bfloat16)")
     D = x.shape[-1]
     if w.dim() != 2 or w.shape[1] != D:
@@ -375,10 +363,10 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
     check_layout(
         logits_shape,
         "f",
-        _TORCH_NAMES[x.dtype],
+        _dtypes.name(x.dtype),
         logits_shape if probability else tuple(target.shape),
-        _kind(target.dtype),
-        _TORCH_NAMES.get(target.dtype, str(target.dtype)),
+        _dtypes.kind(target.dtype),
+        _dtypes.name(target.dtype),
         None,
         options,
     )
@@ -434,13 +422,3 @@ def _collective_device(group, x) -> torch.device:
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-
-
-def _kind(dtype: torch.dtype) -> str:
-    if dtype.is_complex:
-        return "c"
-    if dtype.is_floating_point:
-        return "f"
-    if dtype == torch.bool:
-        return "b"
-    return "u" if dtype == torch.uint8 else "i"

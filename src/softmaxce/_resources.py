@@ -1,0 +1,99 @@
+"""Resource checks made before any work: a request that cannot fit fails at once, naming its size.
+
+available = min(MemAvailable of the machine, memory.max - memory.current of the process's cgroup)
+
+read on Linux from /proc/meminfo and the cgroup v2 (or v1) files, elsewhere from
+os.sysconf("SC_AVPHYS_PAGES") * page size; unknown means no check. Only requests above
+`CHECK_MIN_BYTES` are checked, so that the usual call reads no file at all.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CHECK_MIN_BYTES", "available_memory", "check_memory"]
+
+CHECK_MIN_BYTES = 64 * 2**20  # requests at or below this are not checked (reading the files costs ~50 us)
+_CGROUP = "/sys/fs/cgroup"
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Raises MemoryError naming `nbytes` when `what` would allocate more than the memory available."""
+    if nbytes <= CHECK_MIN_BYTES:
+        return
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise MemoryError(
+            f"{what} needs {nbytes} bytes ({_gib(nbytes)}) of working memory, but only {available} bytes "
+            f"({_gib(available)}) are available; use smaller batches (or a smaller chunk_size)"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of the machine's and its cgroup's; None if
+    neither is known."""
+    known = [m for m in (_machine_available(), _cgroup_available()) if m is not None]
+    return min(known) if known else None
+
+
+def _machine_available() -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts in KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2; v1's limit_in_bytes - usage_in_bytes);
+    None when there is no limit or no cgroup file."""
+    for directory in _cgroup_dirs():
+        for limit_file, usage_file in (
+            ("memory.max", "memory.current"),
+            ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+        ):
+            limit = _read_int(os.path.join(directory, limit_file))
+            if limit is None:
+                continue
+            usage = _read_int(os.path.join(directory, usage_file)) or 0
+            return max(0, limit - usage)
+    return None
+
+
+def _cgroup_dirs() -> list[str]:
+    """This process's own cgroup directories (from /proc/self/cgroup), then the mount's root."""
+    dirs = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":  # v2 unified hierarchy
+                    dirs.append(_CGROUP + path.rstrip("/"))
+                elif "memory" in controllers.split(","):  # v1 memory controller
+                    dirs.append(os.path.join(_CGROUP, "memory") + path.rstrip("/"))
+    except (OSError, ValueError):
+        pass
+    return dirs + [_CGROUP, os.path.join(_CGROUP, "memory")]
+
+
+def _read_int(path: str) -> int | None:
+    """The integer in a cgroup file; None for "max", a missing file, or v1's "no limit" (~2**63)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= 2**60 else value
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"

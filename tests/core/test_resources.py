@@ -1,0 +1,226 @@
+"""Resources: a request larger than the available memory fails at once with MemoryError naming its
+bytes (before any work), normal calls are unaffected, and the first call works on an install its
+user cannot write (numba's cache then goes to the user's cache directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import softmaxce
+from softmaxce import _resources
+
+
+def _needed_bytes(message: str) -> int:
+    match = re.search(r"needs (\d+) bytes .* only (\d+) bytes", message)
+    assert match, message
+    return int(match.group(1))
+
+
+def test_small_requests_read_nothing(monkeypatch):
+    def boom():
+        raise AssertionError("read the memory files for a small request")
+
+    monkeypatch.setattr(_resources, "available_memory", boom)
+    _resources.check_memory(_resources.CHECK_MIN_BYTES, "cross_entropy")
+    softmaxce.cross_entropy_and_grad(np.zeros((4, 5), np.float32), np.zeros(4, np.int64))
+
+
+def test_check_memory_names_the_bytes(monkeypatch):
+    monkeypatch.setattr(_resources, "available_memory", lambda: 100 * 2**20)
+    _resources.check_memory(100 * 2**20, "cross_entropy")  # exactly what is available: fine
+    with pytest.raises(MemoryError, match=r"cross_entropy needs 104857601 bytes .* only 104857600 bytes"):
+        _resources.check_memory(100 * 2**20 + 1, "cross_entropy")
+
+
+def test_unknown_memory_skips_the_check(monkeypatch):
+    monkeypatch.setattr(_resources, "available_memory", lambda: None)
+    _resources.check_memory(2**62, "cross_entropy")
+
+
+def test_available_memory_is_the_smaller_of_machine_and_cgroup(monkeypatch):
+    monkeypatch.setattr(_resources, "_machine_available", lambda: 8 * 2**30)
+    monkeypatch.setattr(_resources, "_cgroup_available", lambda: 2 * 2**30)
+    assert _resources.available_memory() == 2 * 2**30
+    monkeypatch.setattr(_resources, "_cgroup_available", lambda: None)
+    assert _resources.available_memory() == 8 * 2**30
+    monkeypatch.setattr(_resources, "_machine_available", lambda: None)
+    assert _resources.available_memory() is None
+
+
+def test_cgroup_limit_minus_usage(tmp_path, monkeypatch):
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.current").write_text("268435456\n")
+    monkeypatch.setattr(_resources, "_cgroup_dirs", lambda: [str(tmp_path)])
+    assert _resources._cgroup_available() == 768 * 2**20
+    (tmp_path / "memory.max").write_text("max\n")  # no limit
+    assert _resources._cgroup_available() is None
+
+
+@pytest.mark.skipif(_resources.available_memory() is None, reason="the available memory is unknown here")
+def test_cross_entropy_beyond_memory_fails_before_any_work():
+    P, C = 2**21, 2**20  # 8 TiB of float32 logits, but one zero-stride element in memory
+    logits = np.broadcast_to(np.float32(0.0), (P, C))
+    target = np.zeros(P, np.int64)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError, match="cross_entropy needs") as info:
+        softmaxce.cross_entropy_and_grad(logits, target)
+    assert time.perf_counter() - start < 5.0  # failed at the check, not after trying to copy 8 TiB
+    assert _needed_bytes(str(info.value)) >= 2 * P * C * 4  # the contiguous copy and the gradient
+
+
+@pytest.mark.skipif(_resources.available_memory() is None, reason="the available memory is unknown here")
+def test_fused_head_beyond_memory_fails_before_any_work(rng):
+    P, D, V = 2**20, 1, 2**17  # chunk_size=P: a (P, V) float32 buffer of 512 GiB
+    x = rng.standard_normal((P, D)).astype(np.float32)
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    y = np.zeros(P, np.int64)
+    with pytest.raises(MemoryError, match="linear_cross_entropy needs") as info:
+        softmaxce.linear_cross_entropy_and_grad(x, W, y, chunk_size=P)
+    assert _needed_bytes(str(info.value)) >= P * V * 4
+
+
+def test_large_normal_call_is_unaffected(rng):
+    logits = rng.standard_normal((2048, 9000)).astype(np.float32)  # 70 MiB: above the check's floor
+    target = rng.integers(0, 9000, 2048)
+    loss, grad = softmaxce.cross_entropy_and_grad(logits, target)
+    assert np.isfinite(loss) and grad.shape == logits.shape
+
+
+# ---------------------------------------------------------------------------- read-only install
+
+FIRST_CALL = """
+import json, os, sys, time
+
+import softmaxce
+
+package = os.path.dirname(softmaxce.__file__)
+try:
+    open(os.path.join(package, "probe"), "w").close()
+    sys.exit(f"the install at {package} is writable by this user")
+except PermissionError:
+    pass
+import numpy as np
+
+rng = np.random.default_rng(0)
+z = rng.standard_normal((512, 1000)).astype(np.float32)  # 512000 logits: the parallel drivers too
+y = rng.integers(0, 1000, 512)
+t0 = time.perf_counter()
+loss, grad = softmaxce.cross_entropy_and_grad(z, y)
+first = time.perf_counter() - t0
+loss2, grad2 = softmaxce.cross_entropy_and_grad(z[:8, :10].copy(), y[:8] % 10)  # serial drivers
+print(json.dumps({"first_call_s": first, "loss": float(loss), "uid": os.getuid()}))
+"""
+
+
+def _owned_by_others_ok(path: str) -> bool:
+    """Whether every directory on the way to `path` lets any user in (o+x)."""
+    path = os.path.realpath(path)
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _unprivileged_runner() -> tuple[str, object] | None:
+    """How to run a child that cannot write a root-owned, mode 0555 directory: ("user", preexec) as
+    `nobody` when the interpreter is reachable by others; ("nocaps", preexec) as root without the
+    capabilities that bypass file permissions; ("self", None) when already unprivileged."""
+    if sys.platform != "linux":
+        return None
+    if os.geteuid() != 0:
+        return ("self", None)
+    try:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+    except (ImportError, KeyError):
+        nobody = None
+    reachable = all(_owned_by_others_ok(p) for p in (sys.executable, sys.prefix, os.path.dirname(np.__file__)))
+    if nobody is not None and reachable:
+
+        def as_nobody():
+            os.setgid(nobody.pw_gid)
+            os.setgroups([])
+            os.setuid(nobody.pw_uid)
+
+        return ("user", as_nobody)
+
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+
+    def without_dac_caps():
+        # execve gives root only the capabilities left in the bounding set: without these two, root
+        # obeys the permission bits like any user
+        for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return ("nocaps", without_dac_caps)
+
+
+def test_first_call_on_a_read_only_install(tmp_path):
+    runner = _unprivileged_runner()
+    if runner is None:
+        pytest.skip("no way to run an unprivileged child here (needs Linux)")
+    kind, preexec = runner
+    site = tmp_path / "site"
+    package = site / "softmaxce"
+    shutil.copytree(os.path.dirname(softmaxce.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(tmp_path, 0o755)
+    if kind == "user":
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    for root, dirs, files in os.walk(site, topdown=False):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o444)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o555)
+    os.chmod(site, 0o555)
+    script = tmp_path / "first_call.py"
+    script.write_text(textwrap.dedent(FIRST_CALL))
+    os.chmod(script, 0o444)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CACHE_DIR", "PYTHON", "XDG_CACHE"))}
+    env.update(PYTHONPATH=str(site), HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=str(home),
+            preexec_fn=preexec,
+        )
+    except (PermissionError, OSError, subprocess.SubprocessError) as e:
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise
+        pytest.skip(f"cannot start an unprivileged child ({kind}): {e}")
+    finally:
+        for root, _dirs, _ in os.walk(site):
+            os.chmod(root, 0o755)  # let pytest clean up
+    assert proc.returncode == 0, f"{kind}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert np.isfinite(result["loss"])
+    cached = [f for _, _, files in os.walk(home) for f in files if f.endswith((".nbi", ".nbc"))]
+    assert cached, "numba cached nothing in the user's cache directory"
+    print(f"first call on a read-only install ({kind}, uid {result['uid']}): {result['first_call_s']:.1f} s")

@@ -1,0 +1,165 @@
+"""The streamed float32 path (class-index targets, no softcap/statistics): long rows in several blocks,
+the gradient of one row written during the next row's first pass, chunk boundaries, special rows in
+the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2 block loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import softmaxce
+from reference import reference_cross_entropy
+from softmaxce import _x86, cross_entropy_and_grad
+
+# C values: one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, several blocks with a tail
+SIZES = [1024, 1051, 4099]
+
+
+def _problem(rng, P, C, scale=4.0):
+    logits = (scale * rng.standard_normal((P, C))).astype(np.float32)
+    target = rng.integers(0, C, P)
+    return logits, target
+
+
+def _special_rows(logits, target):
+    """Rows that leave the pipeline early, in the middle of the batch: returns their indices."""
+    P, C = logits.shape
+    target[5] = -100  # ignored
+    logits[9, C // 2] = np.nan  # a NaN logit (positive sign)
+    logits[10, C - 1] = -np.nan  # a NaN logit with the sign bit set
+    logits[11, 3] = np.inf  # +inf
+    logits[12, : min(1024, C // 2)] = -np.inf  # a whole first block of -inf where C > 1024
+    target[12] = C - 1
+    logits[13, :] = -np.inf  # only -inf: lse = -inf, loss NaN (as PyTorch)
+    logits[14, target[14]] = -np.inf  # -inf on the target: loss +inf
+    return {"ignored": [5], "nan": [9, 10, 11, 13], "inf": [14]}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("C", SIZES)
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"label_smoothing": 0.2}, {"z_loss": 1e-3}, {"weight": "w"}],
+    ids=["plain", "smooth", "zloss", "weighted"],
+)
+def test_streamed_rows_match_reference(rng, threads, C, opts):
+    P = 70  # more rows than chunks (_MIN_CHUNKS = 32): chunks of several rows, pipelined
+    logits, target = _problem(rng, P, C)
+    special = _special_rows(logits, target)
+    if opts.get("weight") == "w":
+        opts = dict(opts, weight=rng.uniform(0.5, 2.0, C))
+    go = rng.uniform(-1.0, 2.0, P)
+    before = softmaxce.get_num_threads()
+    try:
+        softmaxce.set_num_threads(min(threads, before))
+        with np.errstate(invalid="ignore"):
+            loss, grad = cross_entropy_and_grad(logits, target, reduction="none", grad_output=go, **opts)
+    finally:
+        softmaxce.set_num_threads(before)
+    bad = special["nan"] + special["inf"]
+    good = np.setdiff1d(np.arange(P), bad)
+    ref_loss, ref_grad = reference_cross_entropy(
+        logits[good], target[good], reduction="none", grad_output=go[good], **opts
+    )
+    assert_allclose(loss[good], ref_loss, rtol=1e-6, atol=0)
+    assert_allclose(grad[good], ref_grad, rtol=0, atol=1e-6)
+    assert loss[5] == 0.0 and not grad[5].any()
+    for n in special["nan"]:
+        assert np.isnan(loss[n]) and np.isnan(grad[n]).all()
+    assert loss[14] == np.inf
+    if "label_smoothing" not in opts:
+        assert not grad[12, : min(1024, C // 2)].any()  # exp(-inf) = 0 exactly
+
+
+@pytest.mark.parametrize("C", SIZES)
+def test_streamed_one_and_two_threads_bit_identical(rng, C):
+    logits, target = _problem(rng, 300, C)
+    before = softmaxce.get_num_threads()
+    try:
+        softmaxce.set_num_threads(1)
+        one = cross_entropy_and_grad(logits, target, reduction="none")
+        softmaxce.set_num_threads(min(2, before))
+        two = cross_entropy_and_grad(logits, target, reduction="none")
+    finally:
+        softmaxce.set_num_threads(before)
+    assert_array_equal(one[0], two[0])
+    assert_array_equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("C", SIZES)
+def test_streamed_in_place_unaligned_and_strided_agree(rng, C):
+    """out=logits, a gradient buffer whose rows are not 32-byte aligned, and logits with a row stride
+    (no prefetch) all give the same bits as the plain call."""
+    logits, target = _problem(rng, 40, C)
+    target[7] = -100
+    loss, grad = cross_entropy_and_grad(logits, target, reduction="none")
+
+    buf = np.zeros((40, C + 1), np.float32)
+    out = buf[:, 1:]  # rows start 4 bytes past the allocation's alignment
+    loss2, grad2 = cross_entropy_and_grad(logits, target, reduction="none", out=out)
+    assert grad2 is out and (buf[:, 0] == 0).all()
+    assert_array_equal(grad2, grad)
+    assert_array_equal(loss2, loss)
+
+    wide = np.zeros((40, C + 5), np.float32)
+    wide[:, :C] = logits
+    loss3, grad3 = cross_entropy_and_grad(wide[:, :C], target, reduction="none")
+    assert_array_equal(grad3, grad)
+    assert_array_equal(loss3, loss)
+
+    inplace = logits.copy()
+    loss4, grad4 = cross_entropy_and_grad(inplace, target, reduction="none", out=inplace)
+    assert grad4 is inplace
+    assert_array_equal(grad4, grad)
+    assert_array_equal(loss4, loss)
+
+
+@pytest.mark.skipif(not _x86.AVX2_FMA, reason="this CPU has no AVX2/FMA: the portable loops run")
+def test_simd_exp_accuracy():
+    """The AVX2 table exp: its documented error bounds, exactly 0 at -inf and at or below -88,
+    exp(0) = 1, NaN kept; the loss-only loop sums the same terms."""
+    from numba import njit
+
+    @njit
+    def exp16(x, e, mb):
+        return _x86.exp16_store(x, e, 0, x.shape[0] // 16, mb), _x86.exp16_sum(x, e, 0, x.shape[0] // 16, mb)
+
+    x = np.linspace(-87.0, 0.0, 2_000_000).astype(np.float32)  # a multiple of 16
+    e = np.empty_like(x)
+    total, total_loss_only = exp16(x, e, np.float32(0.0))
+    rel_err = np.abs(e / np.exp(x.astype(np.float64)) - 1.0)
+    assert rel_err[x >= -10.0].max() <= 1.5e-7
+    assert rel_err.max() <= 3.6e-7
+    assert_allclose(total, np.exp(x.astype(np.float64)).sum(), rtol=1e-5)
+    assert total_loss_only == total
+    special = np.array([0.0, -0.0, -88.0, -88.5, -1e30, -np.inf, np.nan, -np.nan] * 2, dtype=np.float32)
+    e = np.empty_like(special)
+    exp16(special, e, np.float32(0.0))
+    assert_array_equal(e[[0, 1, 8, 9]], 1.0)
+    assert_array_equal(e[[2, 3, 4, 5, 10, 11, 12, 13]], 0.0)
+    assert np.isnan(e[[6, 7, 14, 15]]).all()
+    # the argument is z - mb: a shift by mb gives the same terms
+    shifted = np.empty(32, np.float32)
+    exp16(x[:32] + np.float32(3.0), shifted, np.float32(3.0))
+    assert_allclose(shifted, np.exp(((x[:32] + np.float32(3.0)) - np.float32(3.0)).astype(np.float64)), rtol=3.6e-7)
+
+
+@pytest.mark.skipif(not _x86.AVX2_FMA, reason="this CPU has no AVX2/FMA: the portable loops run")
+@pytest.mark.parametrize("n16", [0, 1, 2, 64])
+def test_simd_max(rng, n16):
+    from numba import njit
+
+    @njit
+    def max16(x, j0, n16, init):
+        return _x86.max16(x, j0, n16, init)
+
+    x = (10 * rng.standard_normal(16 * n16 + 7)).astype(np.float32)
+    for j0 in (0, 3, 7):  # any offset: the vector loads need no alignment
+        part = x[j0 : j0 + 16 * n16]
+        init = np.float32(-np.inf)
+        assert max16(x, j0, n16, init) == (part.max() if n16 else init)
+        assert max16(x, j0, n16, np.float32(100.0)) == 100.0
+    if n16:
+        x[j0 + 5] = np.nan  # skipped: the exp sum shows it
+        assert max16(x, j0, n16, np.float32(-np.inf)) == np.nanmax(x[j0 : j0 + 16 * n16])
