@@ -1,0 +1,105 @@
+"""The loss as plain, differentiable torch operations: the path for higher-order derivatives,
+torch.func transforms and forward-mode AD.
+
+For row logits z (P, C), soft-capped to s tanh(z / s) when softcap s is set, ln a = log_softmax(z),
+lse = logsumexp(z), and beta, omega from `_rowmath.py` (SEMANTICS.md):
+
+    l_n = -sum_j beta_nj ln a_nj + lam omega_n lse_n^2        (0 for an ignored position)
+    J   = sum_n l_n / sum_n omega_n ("mean"; P for probability targets),  sum_n l_n ("sum"),  l ("none")
+
+Every operation is out of place and differentiable to any order, so autograd's double backward,
+torch.func.grad / vmap / jacrev / jacfwd and forward AD all see the exact function. It forms the
+(P, C) log-probabilities at once (as torch.nn.functional.cross_entropy does); the fast custom ops in
+`_ops.py` stay the path for first-order training. `_ops.py` uses it in two places: the front-end
+rows functions take it under a torch.func transform or forward AD, and the ops' backward calls
+`vjp` when the backward itself must be differentiable (create_graph=True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .._options import CEOptions
+from . import _chunked
+from . import _rowmath as rm
+
+__all__ = ["cross_entropy_rows", "linear_cross_entropy_rows", "transforms_active", "vjp"]
+
+
+def transforms_active(*tensors: Tensor | None) -> bool:
+    """True under a torch.func transform (grad, vmap, jacrev, jacfwd, ...) or when a tensor carries
+    a forward-AD tangent: the custom ops have neither a vmap nor a forward-mode rule, so these take
+    the composite path. Never true while torch.compile traces (the ops are its path)."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    fwd = torch.autograd.forward_ad
+    return any(t is not None and t.is_floating_point() and fwd.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _row_losses(z: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptions) -> tuple[Tensor, Tensor]:
+    """(l (P,), omega (P,)) in the accumulation dtype; target (P,) class indices or (P, C) probabilities."""
+    P, C = z.shape
+    acc = _chunked.acc_dtype(z.dtype)
+    eps, lam, cap = opts.label_smoothing, opts.z_loss, opts.softcap
+    z = z.to(acc)
+    if cap is not None:
+        z = cap * torch.tanh(z / cap)  # Gemma 2 soft-capping
+    log_a = torch.log_softmax(z, dim=1)  # ln a (P, C)
+    lse = torch.logsumexp(z, dim=1)  # (P,)
+    w = None if weight is None else weight.to(acc)
+    if target.dim() == 2:  # probability target
+        beta = rm.probability_beta(target.to(acc), w, eps, C)  # w ((1 - eps) t + eps / C)
+        ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
+        loss, _ = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
+        return loss, torch.ones_like(lse)
+    if not torch._C._functorch.is_functorch_wrapped_tensor(target):
+        _chunked.check_targets(target, C, opts.ignore_index)  # no host read on a batched target
+    kept, y, w_y = rm.index_target(target, opts.ignore_index, w, acc)
+    nll_y = -log_a.gather(1, y).squeeze(1)  # -ln a_y
+    nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
+    w_sum = float(C) if w is None else w.sum()
+    ce, beta_sum = rm.index_sums(nll_y, nll_w, w_y, w_sum, eps, C)
+    loss, _ = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=w_y)
+    return torch.where(kept, loss, 0.0), w_y
+
+
+def _reduce(loss: Tensor, omega: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    """J in the logits' dtype: "mean" divides by sum_n omega_n (0/0 is NaN, as in PyTorch)."""
+    if reduction == "none":
+        return loss.to(dtype)
+    total = loss.sum()
+    return (total / omega.sum() if reduction == "mean" else total).to(dtype)
+
+
+def cross_entropy_rows(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+    """J of logits (P, C) and target (P,) / (P, C), differentiable to any order in logits and a
+    probability target."""
+    loss, omega = _row_losses(logits, target, weight, options)
+    return _reduce(loss, omega, options.reduction, logits.dtype)
+
+
+def linear_cross_entropy_rows(
+    x: Tensor, linear_weight: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, options: CEOptions
+) -> Tensor:
+    """J of z = x W^T + b (P, V), formed whole, differentiable to any order in x, W, b and a
+    probability target."""
+    z = torch.nn.functional.linear(x, linear_weight, bias)  # (P, V)
+    return cross_entropy_rows(z, target, weight, options)
+
+
+def vjp(
+    loss_fn: Callable[..., Tensor], inputs: Sequence[Tensor | None], needs: Sequence[bool], d_loss: Tensor
+) -> list[Tensor | None]:
+    """dJ/d inputs[i] * d_loss for each needed input, as a differentiable function of the inputs and
+    d_loss: the backward of the fast ops when create_graph=True (then its own derivative is exact).
+    `inputs` are the saved originals, so the graph built here hangs off the caller's graph."""
+    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+    with torch.enable_grad():
+        loss = loss_fn(*inputs)
+        got = iter(torch.autograd.grad(loss, wanted, d_loss, create_graph=True, allow_unused=True, materialize_grads=True))
+    return [next(got) if need else None for need in needs]
