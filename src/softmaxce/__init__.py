@@ -19,6 +19,7 @@ from ._linear import (
 )
 from ._options import CEOptions
 from ._results import CrossEntropyResult, LinearCrossEntropyResult
+from ._sparse import SparseTarget
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 
@@ -33,6 +34,7 @@ __all__ = [
     "LinearCrossEntropyResult",
     "ModelFileError",
     "SoftmaxClassifier",
+    "SparseTarget",
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "linear_cross_entropy_with_stats",

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from . import _engine
 from ._options import CEOptions
 from ._results import CrossEntropyResult
+from ._sparse import SparseTarget
 from ._validation import LogitsDtypeError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 
 def cross_entropy(
     logits: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     weight: npt.ArrayLike | None = None,
     ignore_index: int = -100,
@@ -42,11 +43,14 @@ def cross_entropy(
 
     Args:
         logits: (C), (N, C) or (N, C, d1, ..., dk) floating array. float16 computes in float32.
-        target: class indices ((), (N) or (N, d1, ..., dk), any integer dtype) or class
-            probabilities (the logits' shape, floating).
+        target: class indices ((), (N) or (N, d1, ..., dk), any integer dtype), class
+            probabilities (the logits' shape, floating), or a sparse probability target: a
+            `SparseTarget` of (positions..., K) entries or a scipy.sparse (positions, C) matrix,
+            never densified; its all-padding positions are ignored (SEMANTICS.md, "Sparse targets").
         weight: optional (C,) class weights.
         ignore_index: class index whose positions are skipped (class-index targets).
-        reduction: "mean" (weighted mean over non-ignored positions), "sum" or "none".
+        reduction: "mean" (weighted mean over non-ignored positions; for probability targets the
+            mean over positions, for sparse targets over kept positions), "sum" or "none".
         label_smoothing: eps in [0, 1]: targets become (1 - eps) y + eps / C.
         z_loss: lam >= 0 adds lam * lse**2 per position (PaLM's z-loss).
         softcap: s > 0 replaces logits by s * tanh(logits / s) first (Gemma 2).
@@ -80,7 +84,7 @@ def cross_entropy(
 
 def cross_entropy_and_grad(
     logits: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     weight: npt.ArrayLike | None = None,
     ignore_index: int = -100,
@@ -132,7 +136,7 @@ def cross_entropy_and_grad(
 
 def cross_entropy_with_stats(
     logits: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     weight: npt.ArrayLike | None = None,
     ignore_index: int = -100,

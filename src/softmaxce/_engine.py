@@ -10,10 +10,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels, _resources, _threads
+from . import _axis1, _kernels, _resources, _sparse_rows, _threads
 from ._options import CEOptions
 from ._results import CrossEntropyResult
-from ._validation import Layout, LogitsDtypeError, TargetOutOfBoundsError, check_layout, out_of_bounds_message
+from ._sparse import SparseRows, SparseTarget, is_sparse_target, sparse_rows
+from ._validation import (
+    Layout,
+    LogitsDtypeError,
+    TargetOutOfBoundsError,
+    check_layout,
+    check_sparse_layout,
+    out_of_bounds_message,
+)
 
 __all__ = [
     "CHUNK_BYTES",
@@ -46,9 +54,15 @@ class RowOutputs:
     entropy: np.ndarray  # (P,) float64, or empty
 
 
-def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options: CEOptions) -> Layout:
+def check_arrays(logits_shape, logits_dtype, target, weight, options: CEOptions) -> Layout:
+    """The layout of a problem, validated: target is an array, a SparseTarget or a sparse matrix."""
     weight_shape = None if weight is None else np.shape(weight)
     kind = np.dtype(logits_dtype).kind
+    if is_sparse_target(target):
+        matrix = not isinstance(target, SparseTarget)
+        return check_sparse_layout(
+            logits_shape, kind, str(np.dtype(logits_dtype)), target.shape, weight_shape, options, matrix=matrix
+        )
     return check_layout(
         logits_shape,
         kind,
@@ -62,15 +76,19 @@ def check_arrays(logits_shape, logits_dtype, target: np.ndarray, weight, options
 
 
 def prepare_targets(
-    layout: Layout, target: np.ndarray, weight, options: CEOptions, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray, float]:
+    layout: Layout, target, weight, options: CEOptions, dtype: np.dtype
+) -> tuple[np.ndarray | SparseRows, np.ndarray, float]:
     """Targets in row form and the class weight; checks class indices against [0, C).
 
-    Returns (target_rows, weight (C,) float64 or empty, normalizer for "mean").
+    Returns (target_rows, weight (C,) float64 or empty, normalizer for "mean"). A sparse target's
+    rows are `SparseRows`, and its normalizer the number of positions that are not all padding.
     """
     C = layout.num_classes
     P = layout.num_positions
     w = np.empty(0) if weight is None else kernel_array(weight, np.float64).reshape(C)
+    if layout.sparse:
+        rows = sparse_rows(target, layout.positions_shape, C)
+        return rows, w, float(rows.num_kept)
     if layout.probability:
         if layout.class_axis == 1 and target.ndim > 2:
             rows = np.moveaxis(target, 1, -1).reshape(P, C)
@@ -149,7 +167,7 @@ def row_coefficients(problem_reduction: str, normalizer: float, grad_output, pos
 
 def run_rows(
     logits: np.ndarray,
-    target: np.ndarray,
+    target: np.ndarray | SparseRows,
     probability: bool,
     weight: np.ndarray,
     options: CEOptions,
@@ -157,24 +175,32 @@ def run_rows(
     grad: np.ndarray | None,
     want_stats: bool,
 ) -> RowOutputs:
-    """Runs the row kernel on (P, C) logits; writes the gradient into `grad` (may be `logits`)."""
-    P = logits.shape[0]
+    """Runs the row kernel on (P, C) logits, or on (N, C, S) class-axis-1 logits read in place (P = N S,
+    class-index targets); writes the gradient, in the logits' layout, into `grad` (may be `logits`)."""
+    axis1 = logits.ndim == 3
+    P = logits.shape[0] * logits.shape[2] if axis1 else logits.shape[0]
     loss = np.empty(P)
     lse = np.empty(P)
     argmax = np.empty(P if want_stats else 0, dtype=np.int64)
     entropy = np.empty(P if want_stats else 0)
-    g = grad if grad is not None else np.empty((0, logits.shape[1]), dtype=logits.dtype)
+    g = grad if grad is not None else np.empty((0,) + logits.shape[1:], dtype=logits.dtype)
     k = coef if coef is not None else np.empty(0)
     cap = options.softcap or 0.0
     eps, lam = options.label_smoothing, options.z_loss
     # Small problems run serially: waking the thread pool costs more than their work.
     parallel = logits.size >= PARALLEL_MIN_SIZE and _threads.parallel_allowed()
     with _threads.kernel_region(parallel):
-        if probability:
+        if isinstance(target, SparseRows):
+            t = target
+            _sparse_rows.sparse_rows(
+                parallel, logits, t.indptr, t.indices, t.values, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy
+            )
+        elif probability:
             _kernels.probability_rows(parallel, logits, target, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy)
         else:
             ii = options.ignore_index
-            _kernels.index_rows(parallel, logits, target, weight, eps, lam, cap, ii, k, g, loss, lse, argmax, entropy)
+            run = _axis1.index_axis1 if axis1 else _kernels.index_rows
+            run(parallel, logits, target, weight, eps, lam, cap, ii, k, g, loss, lse, argmax, entropy)
     return RowOutputs(loss, lse, argmax, entropy)
 
 
@@ -198,7 +224,8 @@ def forward_logits(
     """The whole NumPy pipeline for given logits: validate, run the row kernels, reduce, lay the
     gradient out in the logits' shape (into `out` when given)."""
     logits = np.asarray(logits)
-    target = np.asarray(target)
+    if not is_sparse_target(target):
+        target = np.asarray(target)
     if logits.dtype.kind == "f" and logits.dtype.itemsize < 4 and logits.dtype != np.float16:
         raise LogitsDtypeError(f"cross_entropy is not implemented for logits of dtype {logits.dtype}")
     layout = check_arrays(logits.shape, logits.dtype, target, weight, options)
@@ -207,31 +234,39 @@ def forward_logits(
     if options.reduction != "mean":
         normalizer = 1.0
     P, C = layout.num_positions, layout.num_classes
+    # (N, C, d1..dk) class-index logits are read in place as (N, C, S) where the axis-1 kernel applies;
+    # otherwise the class axis is moved last (a copy)
+    N = logits.shape[0] if logits.ndim > 2 else 0
+    axis1 = N > 0 and not layout.probability and not layout.sparse and _axis1.axis1_applies(dtype, N, C, P // N)
+    in_place = logits.ndim <= 2 or axis1
     # what this call allocates beyond the caller's arrays, checked before any work
     itemsize = np.dtype(dtype).itemsize
-    copies = 0 if logits.dtype == dtype and logits.flags.c_contiguous and logits.ndim <= 2 else P * C * itemsize
+    copies = 0 if logits.dtype == dtype and logits.flags.c_contiguous and in_place else P * C * itemsize
     _resources.check_memory(copies + (P * C * itemsize if want_grad and out is None else 0) + 40 * P, "cross_entropy")
-    rows = logits_rows(logits, layout, dtype)  # a view when logits are contiguous
+    if axis1:
+        rows = kernel_array(logits.reshape(N, C, P // N), dtype)  # (N, C, S): a view when contiguous
+    else:
+        rows = logits_rows(logits, layout, dtype)  # (P, C): a view when logits are contiguous
     coef = grad_rows = None
     direct = False  # the kernel writes the gradient straight into `out`
     if want_grad:
         coef = row_coefficients(options.reduction, normalizer, grad_output, layout.positions_shape, P)
         if out is not None:
             _check_out(out, logits)
-            direct = logits.ndim <= 2 and out.dtype == dtype and out.flags.c_contiguous
+            direct = in_place and out.dtype == dtype and out.flags.c_contiguous
         if direct:
-            grad_rows = out.reshape(P, C)
+            grad_rows = out.reshape(rows.shape)
             if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
                 rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
         else:
-            grad_rows = np.empty((P, C), dtype=dtype)
+            grad_rows = np.empty(rows.shape, dtype=dtype)
     result = run_rows(rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats)
     loss = reduce_loss(result.loss, options.reduction, normalizer, layout.positions_shape, logits.dtype)
     grad = None
     if direct:
         grad = out
     elif want_grad:
-        if logits.ndim > 2:  # rows are (N, d1..dk, C): move the class axis back to 1
+        if not in_place:  # rows are (N, d1..dk, C): move the class axis back to 1
             grad_view = np.moveaxis(grad_rows.reshape(layout.positions_shape + (C,)), -1, 1)
         else:
             grad_view = grad_rows.reshape(logits.shape)

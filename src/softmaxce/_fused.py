@@ -20,6 +20,7 @@ from . import _resources
 from ._engine import CHUNK_BYTES, check_arrays, compute_dtype, prepare_targets, reduce_loss, row_coefficients, run_rows
 from ._options import CEOptions
 from ._results import LinearCrossEntropyResult
+from ._sparse import SparseTarget, is_sparse_target
 from ._validation import LogitsDtypeError, TargetShapeError
 
 __all__ = ["ScipyProducts", "forward_linear"]
@@ -61,7 +62,9 @@ def forward_linear(
     (the gradient in place) and the three products. The front ends (`_linear.py`, softmaxce.torch) call this."""
     x = _float("x", x)
     W = _float("linear_weight", W)
-    target = np.asarray(target)
+    sparse = is_sparse_target(target)
+    if not sparse:
+        target = np.asarray(target)
     if x.ndim < 1:
         raise ValueError(f"x must have at least one dimension (the features), got shape {x.shape}")
     if W.ndim != 2 or W.shape[1] != x.shape[-1]:
@@ -76,7 +79,19 @@ def forward_linear(
     positions = x.shape[:-1]
     P = int(np.prod(positions, dtype=np.int64))
     # The logits are (P, V) with classes last; validate as cross_entropy would on them.
-    if x.ndim == 1:
+    if sparse:
+        # a SparseTarget's leading shape is x's; the engine sees it as the (P, V) logits' positions
+        logits_shape = (V,) if x.ndim == 1 else (P, V)
+        target_view = target
+        if isinstance(target, SparseTarget):
+            if target.shape != positions:
+                raise TargetShapeError(
+                    f"Expected SparseTarget of shape {list(positions) + ['K']} (x's leading shape, then K "
+                    f"entries), got leading shape {list(target.shape)}"
+                )
+            if x.ndim > 2:
+                target_view = SparseTarget(target.indices.reshape(P, target.k), target.values.reshape(P, target.k))
+    elif x.ndim == 1:
         logits_shape, target_view = (V,), target
     elif target.shape == positions + (V,):
         logits_shape, target_view = (P, V), target.reshape(P, V)

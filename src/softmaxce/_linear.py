@@ -24,6 +24,7 @@ import numpy.typing as npt
 from . import _fused
 from ._options import CEOptions
 from ._results import LinearCrossEntropyResult
+from ._sparse import SparseTarget
 
 __all__ = [
     "linear_cross_entropy",
@@ -35,7 +36,7 @@ __all__ = [
 def linear_cross_entropy(
     x: npt.ArrayLike,
     linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     bias: npt.ArrayLike | None = None,
     weight: npt.ArrayLike | None = None,
@@ -52,7 +53,10 @@ def linear_cross_entropy(
         x: (..., D) features; the leading dimensions are positions (the class axis of the
             logits is last), so a (B, T, D) language-model activation takes a (B, T) target.
         linear_weight: (V, D) output-layer weight, one row per class.
-        target: class indices of shape x.shape[:-1], or probabilities of shape x.shape[:-1] + (V,).
+        target: class indices of shape x.shape[:-1], probabilities of shape x.shape[:-1] + (V,),
+            or a sparse target: a `SparseTarget` with indices/values of shape x.shape[:-1] + (K,),
+            or a scipy.sparse (positions, V) matrix; then neither the N x V logits nor an N x V
+            target is ever formed (top-k distillation).
         bias: optional (V,) output-layer bias.
         weight: optional (V,) class weights. Other options as in `softmaxce.cross_entropy`.
         chunk_size: positions per chunk (default: as many as fit about 96 MiB of logits).
@@ -77,7 +81,7 @@ def linear_cross_entropy(
 def linear_cross_entropy_and_grad(
     x: npt.ArrayLike,
     linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     bias: npt.ArrayLike | None = None,
     weight: npt.ArrayLike | None = None,
@@ -117,7 +121,7 @@ def linear_cross_entropy_and_grad(
 def linear_cross_entropy_with_stats(
     x: npt.ArrayLike,
     linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike,
+    target: npt.ArrayLike | SparseTarget,
     *,
     bias: npt.ArrayLike | None = None,
     weight: npt.ArrayLike | None = None,

@@ -23,6 +23,7 @@ __all__ = [
     "TargetShapeError",
     "WeightShapeError",
     "check_layout",
+    "check_sparse_layout",
     "out_of_bounds_message",
 ]
 
@@ -59,6 +60,7 @@ class Layout:
     class_axis: int
     positions_shape: tuple[int, ...]
     probability: bool
+    sparse: bool = False  # a SparseTarget or sparse matrix (then probability is True too)
 
     @property
     def num_positions(self) -> int:
@@ -127,6 +129,52 @@ def check_layout(
             f"{num_classes} classes or no classes but got weight tensor of shape: {list(weight_shape)}"
         )
     return Layout(num_classes, class_axis, positions, probability)
+
+
+def check_sparse_layout(
+    logits_shape: Sequence[int],
+    logits_kind: str,
+    logits_dtype: str,
+    target_shape: Sequence[int],
+    weight_shape: Sequence[int] | None,
+    options: CEOptions,
+    *,
+    matrix: bool = False,
+) -> Layout:
+    """`check_layout` for a sparse target (SEMANTICS.md, "Sparse targets"): `target_shape` is a
+    SparseTarget's leading shape (indices.shape[:-1]), which must be the positions' shape, or with
+    `matrix` a sparse matrix's shape, which must be (number of positions, C). The entries' dtypes
+    are SparseTarget's own checks; indices against C are checked where the entries are read."""
+    logits_shape = tuple(int(d) for d in logits_shape)
+    target_shape = tuple(int(d) for d in target_shape)
+    if logits_kind != "f":
+        raise LogitsDtypeError(f"cross_entropy is not implemented for logits of dtype {logits_dtype}")
+    if len(logits_shape) == 0:
+        raise TargetShapeError("logits must have at least one dimension (the classes), got a 0-d array")
+    if options.ignore_index >= 0:
+        raise OptionError("ignore_index is not supported for floating point target")
+    class_axis = 0 if len(logits_shape) == 1 else 1
+    num_classes = logits_shape[class_axis]
+    positions = () if len(logits_shape) == 1 else (logits_shape[0],) + logits_shape[2:]
+    P = 1
+    for d in positions:
+        P *= d
+    if matrix and target_shape != (P, num_classes):
+        raise TargetShapeError(
+            f"Expected a sparse target matrix of shape {[P, num_classes]} (positions, classes), "
+            f"got {list(target_shape)}"
+        )
+    if not matrix and target_shape != positions:
+        raise TargetShapeError(
+            f"Expected SparseTarget of shape {list(positions) + ['K']} (the positions, then K entries), "
+            f"got leading shape {list(target_shape)}"
+        )
+    if weight_shape is not None and tuple(weight_shape) != (num_classes,):
+        raise WeightShapeError(
+            "weight tensor should be defined either for all "
+            f"{num_classes} classes or no classes but got weight tensor of shape: {list(weight_shape)}"
+        )
+    return Layout(num_classes, class_axis, positions, True, sparse=True)
 
 
 def out_of_bounds_message(value: int) -> str:

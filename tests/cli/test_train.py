@@ -128,3 +128,53 @@ def test_standardization_statistics_equal_numpy_bit_for_bit(n, d, with_rows):
     np.testing.assert_array_equal(mu, part.mean(axis=0))
     np.testing.assert_array_equal(sd, part.std(axis=0))
     np.testing.assert_array_equal(X, before)  # the features are not touched
+
+
+def test_sigint_during_train_exits_130_and_writes_nothing(tmp_path):
+    """Ctrl-C in the middle of training: one line on stderr, exit status 130, and no model, metrics,
+    plot or temporary file left behind."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    X, y = blobs(n_per_class=4000, seed=3)
+    data = write_csv(tmp_path / "big.csv", X, y)
+    exe = shutil.which("softmaxce")
+    assert exe is not None, "the softmaxce console script is not installed"
+    out = tmp_path / "out"
+    args = [exe, "train", data, "--target", "label", "--epochs", "100000", "--hidden", "32"]
+    args += ["--out", str(out / "m.npz"), "--metrics", str(out / "m.json"), "--plots", str(out / "plots")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # "read N rows ...": the data is loaded, training starts
+        assert first.startswith("read "), first + proc.stderr.read()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    # stderr holds the progress bar's lines, then exactly one line about the interrupt (no traceback)
+    assert err.strip().splitlines()[-1] == "interrupted: no output file was written", err[-2000:]
+    assert "Traceback" not in err and err.count("interrupted") == 1
+    left = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["big.csv"], left
+
+
+def test_an_error_after_the_first_output_leaves_no_output(tmp_path):
+    """Outputs land together when the command ends: a later failure removes the earlier ones too."""
+    from softmaxce.classifier._atomic import atomic_group, atomic_path
+
+    with pytest.raises(RuntimeError, match="later failure"), atomic_group():
+        with atomic_path(tmp_path / "model.npz") as tmp:
+            np.savez(tmp, a=np.arange(3))
+        raise RuntimeError("later failure")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_group():
+        for name in ("a.txt", "b.txt"):
+            with atomic_path(tmp_path / name) as tmp, open(tmp, "w") as f:
+                f.write(name)
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

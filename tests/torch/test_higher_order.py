@@ -81,7 +81,9 @@ def test_cross_entropy_hessian_vector_product(kind, weighted, eps, lam, cap, red
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize(("kind", "weighted", "eps", "lam", "cap"), CE_CASES[1::2] + CE_CASES[4:], ids=CE_IDS[1::2] + CE_IDS[4:])
+@pytest.mark.parametrize(
+    ("kind", "weighted", "eps", "lam", "cap"), CE_CASES[1::2] + CE_CASES[4:], ids=CE_IDS[1::2] + CE_IDS[4:]
+)
 def test_cross_entropy_gradgradcheck(kind, weighted, eps, lam, cap, reduction):
     gen = torch.Generator().manual_seed(12)
     z, t, w = _problem(kind, weighted, gen, N=4, C=3)
@@ -236,9 +238,9 @@ def test_opcheck_backward_ops():
     z = torch.randn(5, 7, dtype=D64)
     t = torch.tensor([0, 3, -100, 6, 2])
     up = torch.rand(5, dtype=D64)
-    torch.library.opcheck(_ops._ce_bwd, (z, t, None, up, -100, 0.1, 1e-3, 2.0, "none"))
+    torch.library.opcheck(_ops._ce_bwd, (z, t, None, up, -100, 0.1, 1e-3, 2.0, "none", ""))
     x, W, b = torch.randn(5, 4, dtype=D64), torch.randn(7, 4, dtype=D64), torch.randn(7, dtype=D64)
-    torch.library.opcheck(_ops._lce_bwd, (x, W, t, b, None, up, -100, 0.1, 0.0, 0.0, "none", 2, True, True, True))
+    torch.library.opcheck(_ops._lce_bwd, (x, W, t, b, None, up, -100, 0.1, 0.0, 0.0, "none", 2, True, True, True, ""))
 
 
 # ----------------------------------------------------------------------------- autocast

@@ -41,7 +41,7 @@ from ._activations import ACTIVATIONS, DERIVATIVES
 from ._network import NetworkParameters, hidden_layer_units
 from ._optimizers import make_optimizer
 from ._output import FUSED_HEAD_MIN_CLASSES, OutputLoss, chunk_rows
-from ._targets import TrainingData, class_weight_vector, encode_targets
+from ._targets import TrainingData, class_weight_vector, encode_targets, sparse_target_matrix
 
 __all__ = ["SoftmaxClassifier"]
 
@@ -74,7 +74,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     Soft targets: `fit(X, Y)` with Y a floating (n_samples, n_classes) array of class probabilities
     (rows >= 0 summing to 1, e.g. a teacher's `predict_proba`) trains on
     l_n = -sum_c w_c Y_nc ln a_nc; `classes_` is then `arange(n_classes)` unless an earlier fit or
-    `partial_fit(X, Y, classes=labels)` named the labels (column c is `classes_[c]`).
+    `partial_fit(X, Y, classes=labels)` named the labels (column c is `classes_[c]`). Y may be
+    sparse: a scipy.sparse (n_samples, n_classes) matrix, or a `softmaxce.SparseTarget` of
+    (n_samples, K) class indices and probabilities (its class count is `len(classes)` or the fitted
+    model's, else its largest index + 1); sparse soft targets are never densified.
 
     Parameters:
         hidden_layer_sizes: units of each hidden layer; () for no hidden layer. Default (100,).
@@ -221,7 +224,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         Args:
             X: (n_samples, n_features) array or CSR matrix; float32 input trains in float32.
             y: (n_samples,) labels (any hashable kind: ints, strings), or a floating
-                (n_samples, n_classes) array of class probabilities (soft targets).
+                (n_samples, n_classes) array of class probabilities (soft targets), dense, a
+                scipy.sparse matrix or a `softmaxce.SparseTarget` (see "Soft targets" above).
             sample_weight: optional (n_samples,) non-negative weights.
 
         Returns:
@@ -337,6 +341,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self, X, y, sample_weight, classes, *, first: bool, incremental: bool
     ) -> tuple[TrainingData, OutputLoss]:
         """Validated (X, targets, sample weights), `classes_`, and the loss they are trained on."""
+        y = sparse_target_matrix(y, classes, None if first else self.classes_)  # a SparseTarget as CSR
         X, y = validate_data(
             self,
             X,

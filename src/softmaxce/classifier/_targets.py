@@ -3,7 +3,10 @@ and the rows themselves (`TrainingData`: mini-batches, the early-stopping split,
 
 `fit(X, y)` takes either labels y (n_samples,) of any hashable kind, encoded as indices into the
 sorted `classes_`, or a floating (n_samples, n_classes) array Y of class probabilities (soft
-targets: rows >= 0 summing to 1), whose column c is the class `classes_[c]`.
+targets: rows >= 0 summing to 1), whose column c is the class `classes_[c]`. Sparse soft targets
+(a scipy.sparse (n_samples, n_classes) matrix or a `softmaxce.SparseTarget` of (n_samples, K)
+entries) are kept as a CSR matrix and never densified; a SparseTarget's class count is that of
+`classes` / the fitted `classes_`, else its largest index + 1.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-__all__ = ["TrainingData", "class_weight_vector", "encode_targets"]
+from .._sparse import SparseTarget
+
+__all__ = ["TrainingData", "class_weight_vector", "encode_targets", "sparse_target_matrix"]
 
 _NEED_CLASSES = "classes must be passed on the first call to partial_fit"
 
@@ -61,18 +66,56 @@ def encode_targets(
     return idx.astype(np.int64), False, labels
 
 
+def sparse_target_matrix(y, classes, fitted_classes):
+    """A SparseTarget y as the (n_samples, C) CSR matrix it stands for (duplicates added, padding
+    dropped); anything else unchanged. C: len(classes), else len(fitted_classes), else max index + 1."""
+    if not isinstance(y, SparseTarget):
+        return y
+    if len(y.shape) != 1:
+        raise ValueError(f"a SparseTarget y must have indices of shape (n_samples, K), got {y.indices.shape}")
+    idx = np.asarray(y.indices.cpu() if hasattr(y.indices, "cpu") else y.indices).astype(np.int64)
+    val = np.asarray(y.values.cpu() if hasattr(y.values, "cpu") else y.values)
+    n, K = idx.shape
+    if classes is not None:
+        C = len(np.asarray(classes))
+    elif fitted_classes is not None:
+        C = len(fitted_classes)
+    else:
+        C = int(idx.max()) + 1 if idx.size else 0
+    if idx.size and idx.max() >= C:
+        raise IndexError(f"SparseTarget index {int(idx.max())} is out of bounds for {C} classes")
+    keep = idx >= 0
+    rows = np.repeat(np.arange(n), K).reshape(n, K)
+    return sp.csr_matrix((val[keep], (rows[keep], idx[keep])), shape=(n, C))  # duplicates add
+
+
 def _soft_targets(y, classes, fitted_classes, *, incremental: bool) -> tuple[np.ndarray, bool, np.ndarray]:
-    if sp.issparse(y) or y.dtype.kind != "f":
-        raise ValueError(
-            "a 2-D y is read as soft targets and must be a floating (n_samples, n_classes) "
-            f"array of class probabilities; got dtype {y.dtype}. Multilabel targets are not "
-            "supported."
-        )
-    if not np.all(np.isfinite(y)) or (y < 0).any():
+    if sp.issparse(y):  # kept sparse (CSR): the checks read the stored entries only
+        y = sp.csr_matrix(y)
+        if y.dtype.kind != "f":
+            raise ValueError(
+                "sparse soft targets must be a floating (n_samples, n_classes) matrix of class "
+                f"probabilities; got dtype {y.dtype}"
+            )
+        values, row_sums = y.data, np.asarray(y.sum(axis=1)).ravel()
+    else:
+        if y.dtype.kind != "f":
+            raise ValueError(
+                "a 2-D y is read as soft targets and must be a floating (n_samples, n_classes) "
+                f"array of class probabilities; got dtype {y.dtype}. Multilabel targets are not "
+                "supported."
+            )
+        y = np.ascontiguousarray(y)
+        values, row_sums = y, y.sum(axis=1)
+    if not np.all(np.isfinite(values)) or (values < 0).any():
         raise ValueError("soft targets must be finite and non-negative")
-    if not np.allclose(y.sum(axis=1), 1.0, rtol=0, atol=1e-4):
+    if not np.allclose(row_sums, 1.0, rtol=0, atol=1e-4):
         raise ValueError("each row of soft targets must sum to 1 (class probabilities)")
-    C = y.shape[1]
+    return y, True, _soft_target_classes(y.shape[1], classes, fitted_classes, incremental=incremental)
+
+
+def _soft_target_classes(C: int, classes, fitted_classes, *, incremental: bool) -> np.ndarray:
+    """The labels of soft targets' C columns: `fitted_classes`, `classes`, or arange(C)."""
     named = classes is not None
     labels = np.asarray(classes) if named else np.arange(C)
     if len(labels) != C:
@@ -80,7 +123,7 @@ def _soft_targets(y, classes, fitted_classes, *, incremental: bool) -> tuple[np.
     if fitted_classes is not None:
         if len(fitted_classes) != C:
             raise ValueError(f"soft targets have {C} columns, the model has {len(fitted_classes)} classes")
-        return np.ascontiguousarray(y), True, fitted_classes
+        return fitted_classes
     if incremental and not named:
         raise ValueError(_NEED_CLASSES)
     if named:
@@ -88,7 +131,7 @@ def _soft_targets(y, classes, fitted_classes, *, incremental: bool) -> tuple[np.
         if not np.array_equal(unique, labels):
             raise ValueError("classes for soft targets must be sorted and unique (column c is classes_[c])")
         labels = unique
-    return np.ascontiguousarray(y), True, labels
+    return labels
 
 
 def class_weight_vector(
@@ -104,7 +147,10 @@ def class_weight_vector(
     if class_weight is None:
         return None
     if class_weight == "balanced":
-        counts = target.sum(axis=0) if soft else np.bincount(target, minlength=C).astype(np.float64)
+        if soft:
+            counts = np.asarray(target.sum(axis=0), dtype=np.float64).ravel()
+        else:
+            counts = np.bincount(target, minlength=C).astype(np.float64)
         n = counts.sum()
         with np.errstate(divide="ignore"):
             return np.where(counts > 0, n / (C * np.maximum(counts, 1e-300)), 1.0)  # n / (C count_c)
@@ -123,10 +169,11 @@ def class_weight_vector(
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Training rows: X (n, n_features), targets (n,) indices or (n, C) probabilities, weights (n,)."""
+    """Training rows: X (n, n_features), targets (n,) indices or (n, C) probabilities (dense or
+    CSR), weights (n,)."""
 
     X: np.ndarray | sp.csr_matrix
-    target: np.ndarray
+    target: np.ndarray | sp.csr_matrix
     sample_weight: np.ndarray
 
     def __len__(self) -> int:
@@ -147,7 +194,10 @@ class TrainingData:
 
     def accuracy(self, z: np.ndarray) -> float:
         """Sample-weighted share of rows whose argmax z is the target (argmax of soft targets)."""
-        truth = np.argmax(self.target, axis=1) if self.target.ndim == 2 else self.target
+        if sp.issparse(self.target):
+            truth = np.asarray(self.target.argmax(axis=1)).ravel()
+        else:
+            truth = np.argmax(self.target, axis=1) if self.target.ndim == 2 else self.target
         hit = (np.argmax(z, axis=1) == truth).astype(np.float64)
         total = float(self.sample_weight.sum())
         return float(np.dot(hit, self.sample_weight) / total) if total > 0 else float(hit.mean())

@@ -1,9 +1,11 @@
 """The `softmaxce` click group and the helpers every command shares.
 
 Exit status: 0 on success, 2 on bad usage or bad data (one line on stderr naming the file, row and
-column; never a traceback), 1 when `gradcheck` finds an error above its tolerance. Output files are
-written to a temporary name in the same directory and renamed into place (`atomic_path`), so they are
-never half written. The commands live in one module each and are added to `main` in `__init__.py`.
+column; never a traceback), 1 when `gradcheck` finds an error above its tolerance, 130 when
+interrupted (SIGINT). Output files are written to temporary names in their directories and renamed
+into place together when the command ends (`atomic_group`), so they are never half written and an
+interrupted or failed command leaves none of them. The commands live in one module each and are
+added to `main` in `__init__.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import click
 import numpy as np
 
 from .._version import __version__
-from ..classifier._atomic import atomic_path
+from ..classifier._atomic import atomic_group, atomic_path
 from ._data import DataError
 
 __all__ = [
@@ -64,14 +66,20 @@ def fail(message: str) -> NoReturn:
 
 
 def one_line_errors(fn: F) -> F:
-    """Turns DataError into `error: <one line>` on stderr and exit status 2."""
+    """Runs a command with all-or-nothing outputs (`atomic_group`: the files it writes land together
+    when it ends); turns DataError into `error: <one line>` on stderr and exit status 2, and an
+    interrupt (Ctrl-C, SIGINT) into one line and exit status 130, with no output file written."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with atomic_group():
+                return fn(*args, **kwargs)
         except DataError as e:
             fail(str(e).splitlines()[0] if str(e) else "bad data")
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output file was written", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from .. import cross_entropy_and_grad, linear_cross_entropy_and_grad
-from ._app import CONTEXT, quiet_option
+from ._app import CONTEXT, one_line_errors, quiet_option
 from ._finite_diff import fd_entry, reference_loss
 
 __all__ = ["gradcheck", "layer_gradcheck"]
@@ -42,6 +42,7 @@ __all__ = ["gradcheck", "layer_gradcheck"]
     help="Largest allowed max|error| / max|gradient| (default 1e-7 for float64, 1e-5 for float32).",
 )
 @quiet_option
+@one_line_errors
 def gradcheck(
     classes: int,
     batch: int,

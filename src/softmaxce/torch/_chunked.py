@@ -10,6 +10,10 @@ beta and the upstream coefficient k = dJ/dl_n (the formulas, and their code, are
     loss   = -sum_j beta_j ln a_j + omega * lam * lse**2
     grad_j = k * (alpha * a_j - beta_j),  alpha = sum_j beta_j + 2 * lam * omega * lse
 
+A sparse target (a `SparseTarget` of (P, K) rows: indices, values) never becomes a dense (n, C)
+target: per chunk, its K entries' -ln a are gathered, the smoothing term is one dense pass, and the
+gradient's target part is a scatter_add of K entries per row (`_rowmath.sparse_sums`, `index_grad_`).
+
 A chunk holds as many rows as fit `softmaxce._engine.CHUNK_BYTES` of logits in the accumulation
 dtype (the one memory budget of the package), unless the caller sets the rows per chunk.
 
@@ -25,9 +29,24 @@ import torch
 
 from .. import _engine
 from .._options import CEOptions
+from .._sparse import SparseTarget
+from .._validation import TargetOutOfBoundsError
 from . import _rowmath as rm
 
-__all__ = ["acc_dtype", "ce_rows", "chunk_rows", "chunks", "linear_ce_rows", "prepare", "reduce"]
+__all__ = [
+    "acc_dtype",
+    "ce_rows",
+    "check_sparse_indices",
+    "chunk_rows",
+    "chunks",
+    "linear_ce_rows",
+    "prepare",
+    "reduce",
+    "rows",
+    "sparse_values_grad",
+]
+
+Target = torch.Tensor | SparseTarget  # (P,) class indices, (P, C) probabilities, or (P, K) sparse rows
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,11 +78,41 @@ def check_targets(target: torch.Tensor, num_classes: int, ignore_index: int) -> 
         torch._assert_async(~bad.any(), "Target is out of bounds.")
 
 
+def check_sparse_indices(indices: torch.Tensor, num_classes: int, positions_shape: tuple[int, ...] | None = None) -> None:
+    """IndexError naming the first index >= C of a sparse target, its position and entry (SEMANTICS.md);
+    positions_shape (default: rows, indices (P, K)) names the position. A device assert off the CPU."""
+    bad = indices >= num_classes
+    if indices.device.type != "cpu":
+        torch._assert_async(~bad.any(), "SparseTarget index is out of bounds.")
+        return
+    if not bool(bad.any()):
+        return
+    K = indices.shape[-1]
+    flat = int(bad.reshape(-1).int().argmax())
+    shape = tuple(indices.shape[:-1]) if positions_shape is None else tuple(positions_shape)
+    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat // K), shape)) if shape else ()
+    value = int(indices.reshape(-1)[flat])
+    raise TargetOutOfBoundsError(
+        f"Target {value} is out of bounds. (SparseTarget index at position {position}, entry {flat % K}; "
+        f"classes: {num_classes})"
+    )
+
+
+def rows(target: Target, s: slice) -> Target:
+    """Rows s of a target: a tensor's, or a sparse target's indices and values."""
+    if isinstance(target, SparseTarget):
+        return SparseTarget(target.indices[s], target.values[s])
+    return target[s]
+
+
 def normalizer(
-    target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, probability: bool, dtype: torch.dtype
+    target: Target, weight: torch.Tensor | None, ignore_index: int, probability: bool, dtype: torch.dtype
 ) -> torch.Tensor:
     """What "mean" divides by, as a 0-d tensor: sum of w[y_n] over kept positions (their count
-    without weights); the number of positions for probability targets."""
+    without weights); the number of positions for probability targets; the number of positions with
+    an entry that is not padding for a sparse target."""
+    if isinstance(target, SparseTarget):
+        return (target.indices >= 0).any(dim=1).sum().to(dtype)
     if probability:
         return torch.full((), target.shape[0], dtype=dtype, device=target.device)
     kept = target != ignore_index
@@ -88,7 +137,7 @@ def row_coef(
 
 
 def prepare(
-    target: torch.Tensor,
+    target: Target,
     weight: torch.Tensor | None,
     options: CEOptions,
     num_classes: int,
@@ -97,11 +146,15 @@ def prepare(
     grad_output: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Checks class indices and returns ("mean"'s normalizer, the row coefficients k (P,) or None)."""
-    probability = target.dim() == 2
-    if not probability:
+    sparse = isinstance(target, SparseTarget)
+    probability = sparse or target.dim() == 2
+    if sparse:
+        check_sparse_indices(target.indices, num_classes)
+    elif not probability:
         check_targets(target, num_classes, options.ignore_index)
     norm = normalizer(target, weight, options.ignore_index, probability, acc)
-    coef = row_coef(options.reduction, norm, grad_output, target.shape[0], acc) if want_grad else None
+    P = target.indices.shape[0] if sparse else target.shape[0]
+    coef = row_coef(options.reduction, norm, grad_output, P, acc) if want_grad else None
     return norm, coef
 
 
@@ -114,7 +167,7 @@ def reduce(loss: torch.Tensor, reduction: str, norm: torch.Tensor) -> torch.Tens
 
 def _chunk(
     z: torch.Tensor,
-    t: torch.Tensor,
+    t: Target,
     weight: torch.Tensor | None,
     options: CEOptions,
     coef: torch.Tensor | None,
@@ -132,7 +185,16 @@ def _chunk(
         rm.soft_cap_(z, cap)  # Gemma 2 soft-capping, on our copy
     log_a, e, lse = rm.log_softmax(z)
     w = None if weight is None else weight.to(acc)
-    if t.dim() == 2:  # probability target
+    sparse = isinstance(t, SparseTarget)
+    if sparse:  # sums over the K entries (gathers) and the dense smoothing term; no (n, C) target
+        kept, pad, y, b = rm.sparse_entries(t.indices, t.values, w, acc)
+        nll = -log_a.gather(1, y)  # -ln a_{i_k} (n, K)
+        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
+        w_sum = float(C) if w is None else w.sum()
+        ce, beta_sum = rm.sparse_sums(nll, pad, b, nll_w, w_sum, eps, C)
+        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam)
+        loss = torch.where(kept, loss, 0.0)  # an all-padding position is ignored
+    elif t.dim() == 2:  # probability target
         beta = rm.probability_beta(t.to(acc), w, eps, C)
         ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
         loss, alpha = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
@@ -150,7 +212,9 @@ def _chunk(
     if coef is not None:
         k = coef.to(acc)
         a = e.div_(e.sum(dim=1, keepdim=True))  # a = softmax(z), in place of e
-        if t.dim() == 2:
+        if sparse:  # k (alpha a - (eps / C) w) - scatter(k (1 - eps) b), ignored rows 0
+            grad = rm.index_grad_(a, k, alpha, kept, y, b, w, eps, C)
+        elif t.dim() == 2:
             grad = rm.probability_grad_(a, k, alpha, beta)
         else:
             grad = rm.index_grad_(a, k, alpha, kept, y, w_y, w, eps, C)
@@ -161,13 +225,14 @@ def _chunk(
 
 def ce_rows(
     z: torch.Tensor,
-    target: torch.Tensor,
+    target: Target,
     weight: torch.Tensor | None,
     options: CEOptions,
     coef: torch.Tensor | None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Row form (P, C), target (P,) class indices or (P, C) probabilities: per-position loss (P,)
+    """Row form (P, C), target (P,) class indices, (P, C) probabilities or a `SparseTarget` of (P, K)
+    rows: per-position loss (P,)
     and lse (P,) in the accumulation dtype, and the gradient (P, C) in z's dtype when `coef` (P,)
     is given (else None). Returns (loss, grad, lse)."""
     P, C = z.shape
@@ -176,7 +241,7 @@ def ce_rows(
     lse = torch.empty(P, dtype=acc, device=z.device)
     grad = torch.empty_like(z, memory_format=torch.contiguous_format) if coef is not None else None
     for s in chunks(P, chunk_rows(P, C, acc, chunk_size)):
-        loss[s], gc, lse[s] = _chunk(z[s], target[s], weight, options, None if coef is None else coef[s], acc)
+        loss[s], gc, lse[s] = _chunk(z[s], rows(target, s), weight, options, None if coef is None else coef[s], acc)
         if grad is not None:
             grad[s] = gc
     return loss, grad, lse
@@ -186,7 +251,7 @@ def linear_ce_rows(
     x: torch.Tensor,
     W: torch.Tensor,
     bias: torch.Tensor | None,
-    target: torch.Tensor,
+    target: Target,
     weight: torch.Tensor | None,
     options: CEOptions,
     coef: torch.Tensor | None,
@@ -219,7 +284,7 @@ def linear_ce_rows(
     for s in chunks(P, chunk_rows(P, V, acc, chunk_size)):
         xc = x[s].to(acc) if upcast else x[s]
         z = xc @ Wm.T if bm is None else torch.addmm(bm, xc, Wm.T)  # (n, V)
-        loss[s], g, lse[s] = _chunk(z, target[s], weight, options, None if coef is None else coef[s], acc)
+        loss[s], g, lse[s] = _chunk(z, rows(target, s), weight, options, None if coef is None else coef[s], acc)
         del z
         if g is None:
             continue
@@ -230,3 +295,18 @@ def linear_ce_rows(
         if gb is not None:
             gb += g.sum(dim=0)
     return (loss, lse, gx, None if gw is None else gw.to(W.dtype), None if gb is None else gb.to(bias.dtype))
+
+
+def sparse_values_grad(
+    z: torch.Tensor, target: SparseTarget, weight: torch.Tensor | None, k: torch.Tensor, eps: float, cap: float | None
+) -> torch.Tensor:
+    """dJ/dv (n, K) of a sparse target's values for logits z (n, C) (one chunk; the caller's, read
+    only): (1 - eps) k_n w_{i_k} (lse - z_{i_k}), 0 at padding, in the values' dtype. k (n,)."""
+    acc = acc_dtype(z.dtype)
+    z = z.to(acc, copy=cap is not None)
+    if cap is not None:
+        rm.soft_cap_(z, cap)
+    _, pad, i, _ = rm.sparse_entries(target.indices, target.values, None, acc)
+    nll = torch.logsumexp(z, dim=1, keepdim=True) - z.gather(1, i)  # lse - z_{i_k}
+    w = None if weight is None else weight.to(acc)
+    return rm.sparse_values_grad(nll, pad, i, k.to(acc), w, eps).to(target.values.dtype)

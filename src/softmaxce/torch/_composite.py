@@ -13,6 +13,11 @@ torch.func.grad / vmap / jacrev / jacfwd and forward AD all see the exact functi
 `_ops.py` stay the path for first-order training. `_ops.py` uses it in two places: the front-end
 rows functions take it under a torch.func transform or forward AD, and the ops' backward calls
 `vjp` when the backward itself must be differentiable (create_graph=True).
+
+A sparse target (`SparseTarget` of (P, K) rows) is computed here too without a dense target: its
+K entries' ln a are gathered and the smoothing term is one dense sum (`_rowmath.sparse_sums`), so
+the loss is differentiable to any order in the logits and the values (never in the indices), and
+omega_n is 1 for a position with an entry that is not padding, 0 for an ignored one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._options import CEOptions
+from .._sparse import SparseTarget
 from . import _chunked
 from . import _rowmath as rm
 
@@ -52,6 +58,16 @@ def _row_losses(z: Tensor, target: Tensor, weight: Tensor | None, opts: CEOption
     log_a = torch.log_softmax(z, dim=1)  # ln a (P, C)
     lse = torch.logsumexp(z, dim=1)  # (P,)
     w = None if weight is None else weight.to(acc)
+    if isinstance(target, SparseTarget):  # gathers at the K entries; no dense target
+        if not torch._C._functorch.is_functorch_wrapped_tensor(target.indices):
+            _chunked.check_sparse_indices(target.indices, C)
+        kept, pad, i, b = rm.sparse_entries(target.indices, target.values, w, acc)
+        nll = -log_a.gather(1, i)  # -ln a_{i_k} (P, K)
+        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
+        w_sum = float(C) if w is None else w.sum()
+        ce, beta_sum = rm.sparse_sums(nll, pad, b, nll_w, w_sum, eps, C)
+        loss, _ = rm.loss_and_alpha(ce, beta_sum, lse, lam)
+        return torch.where(kept, loss, 0.0), kept.to(acc)
     if target.dim() == 2:  # probability target
         beta = rm.probability_beta(target.to(acc), w, eps, C)  # w ((1 - eps) t + eps / C)
         ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
@@ -77,8 +93,8 @@ def _reduce(loss: Tensor, omega: Tensor, reduction: str, dtype: torch.dtype) -> 
 
 
 def cross_entropy_rows(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
-    """J of logits (P, C) and target (P,) / (P, C), differentiable to any order in logits and a
-    probability target."""
+    """J of logits (P, C) and target (P,) / (P, C) / a SparseTarget of (P, K) rows, differentiable to
+    any order in logits and a probability target (a sparse target's values)."""
     loss, omega = _row_losses(logits, target, weight, options)
     return _reduce(loss, omega, options.reduction, logits.dtype)
 
@@ -101,5 +117,7 @@ def vjp(
     wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
     with torch.enable_grad():
         loss = loss_fn(*inputs)
-        got = iter(torch.autograd.grad(loss, wanted, d_loss, create_graph=True, allow_unused=True, materialize_grads=True))
+        got = iter(
+            torch.autograd.grad(loss, wanted, d_loss, create_graph=True, allow_unused=True, materialize_grads=True)
+        )
     return [next(got) if need else None for need in needs]

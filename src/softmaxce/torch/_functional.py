@@ -16,7 +16,7 @@ from torch.nn import LinearCrossEntropyOptions
 
 from .._options import CEOptions, OptionError
 from .._validation import BatchSizeError, Layout, check_layout
-from . import _dtypes, _ops
+from . import _dtypes, _ops, _triton
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -51,6 +51,17 @@ def _validate(
     )
 
 
+BACKENDS = (None, "triton", "torch")
+
+
+def _check_backend(backend: str | None, t: Tensor) -> None:
+    """A valid backend; for "triton", one that can run t (else a clear error now, at call time)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{backend!r} is not a valid backend: use 'triton', 'torch' or None")
+    if backend == "triton":
+        _triton.check(t.device, t.dtype)
+
+
 def _autocast_on(t: Tensor) -> bool:
     """torch.autocast is enabled for t's device type."""
     device = t.device.type
@@ -76,6 +87,8 @@ def cross_entropy(
     *,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    backend: str | None = None,
+    inplace_backward: bool = False,
 ) -> Tensor:
     """`torch.nn.functional.cross_entropy`, computed by softmaxce, plus z_loss and softcap.
 
@@ -95,6 +108,13 @@ def cross_entropy(
         label_smoothing: eps in [0, 1].
         z_loss: lam >= 0 adds lam * lse**2 per position (PaLM's z-loss), weighted like the position.
         softcap: s > 0 replaces logits by s * tanh(logits / s) first (Gemma 2).
+        backend: "triton" (the Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1),
+            "torch" (the chunked torch path), or None: Triton for CUDA tensors where it is installed,
+            the NumPy engine for float32/float64 CPU tensors, the torch path otherwise.
+        inplace_backward: write the gradient over `input` (flash-attn's option), for training loops
+            that do not use the logits after the loss: no gradient-sized buffer is allocated, and
+            afterwards `input` holds dL/dinput (2-D float32/float64 CPU input, reduction "mean" or
+            "sum"). It raises with create_graph=True, under torch.func and under torch.compile.
 
     Returns:
         A 0-d tensor in input's dtype, or for reduction="none" the per-position losses.
@@ -120,9 +140,14 @@ def cross_entropy(
                 label_smoothing=label_smoothing,
                 z_loss=z_loss,
                 softcap=softcap,
+                backend=backend,
+                inplace_backward=inplace_backward,
             )
     options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     layout = _validate(tuple(input.shape), input.dtype, target, weight, options)
+    _check_backend(backend, input)
+    if inplace_backward:
+        return _ops.cross_entropy_inplace_backward(input, target, weight, options)
     C = layout.num_classes
     if input.dim() == 1:
         z = input.unsqueeze(0)
@@ -132,7 +157,7 @@ def cross_entropy(
     else:  # (N, C, d1..dk) -> (P, C) rows, class axis last
         z = input.movedim(1, -1).reshape(-1, C)
         t = target.movedim(1, -1).reshape(-1, C) if layout.probability else target.reshape(-1)
-    loss = _ops.cross_entropy_rows(z, t, weight, options)
+    loss = _ops.cross_entropy_rows(z, t, weight, options, backend)
     if reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss
@@ -151,6 +176,7 @@ def linear_cross_entropy(
     options: LinearCrossEntropyOptions | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    backend: str | None = None,
 ) -> Tensor:
     """`torch.nn.functional.linear_cross_entropy`: cross_entropy(linear(input, W, b), target, ...)
     computed over chunks of rows without ever holding the N x C logits, plus z_loss and softcap.
@@ -172,7 +198,7 @@ def linear_cross_entropy(
         label_smoothing: eps in [0, 1].
         options: a torch.nn.LinearCrossEntropyOptions or None; the chunked path is always used, and
             its batch_chunk_size, when set, is the number of rows per chunk.
-        z_loss, softcap: as in `cross_entropy`.
+        z_loss, softcap, backend: as in `cross_entropy`.
 
     Example:
         >>> import torch, softmaxce.torch as sce
@@ -225,8 +251,10 @@ def linear_cross_entropy(
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            backend=backend,
         )
     ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+    _check_backend(backend, input)
     layout = _validate(logits_shape, torch.promote_types(input.dtype, linear_weight.dtype), target, weight, ce_options)
     if input.dim() == 1:
         x = input.unsqueeze(0)
@@ -236,7 +264,7 @@ def linear_cross_entropy(
     chunk_size = getattr(options, "batch_chunk_size", None)
     # With options set, PyTorch's chunked path ignores autocast and computes in the inputs' dtypes.
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size)
+        loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size, backend)
     if reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss

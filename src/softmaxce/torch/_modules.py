@@ -20,7 +20,8 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """`torch.nn.CrossEntropyLoss` computed by `softmaxce.torch.cross_entropy`.
 
     Takes torch's constructor arguments (weight, size_average, ignore_index, reduce, reduction,
-    label_smoothing; the class weight is a buffer) and keyword-only `z_loss` and `softcap`.
+    label_smoothing; the class weight is a buffer) and keyword-only `z_loss`, `softcap`, `backend`
+    and `inplace_backward` (see `softmaxce.torch.cross_entropy`).
 
     Example:
         >>> import torch, softmaxce.torch as sce
@@ -40,11 +41,15 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         *,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        backend: str | None = None,
+        inplace_backward: bool = False,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        # As torch.nn.CrossEntropyLoss, the options (z_loss and softcap too) are checked when called.
+        # As torch.nn.CrossEntropyLoss, the options (z_loss, softcap, backend too) are checked when called.
         self.z_loss = z_loss
         self.softcap = softcap
+        self.backend = backend
+        self.inplace_backward = inplace_backward
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return _functional.cross_entropy(
@@ -56,6 +61,8 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             label_smoothing=self.label_smoothing,
             z_loss=self.z_loss,
             softcap=self.softcap,
+            backend=self.backend,
+            inplace_backward=self.inplace_backward,
         )
 
     def extra_repr(self) -> str:
@@ -68,7 +75,7 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
 
     Takes torch's constructor arguments (in_features, num_classes, out_features, bias, device,
     dtype, reduction, weight, ignore_index, label_smoothing, options; parameters `linear.weight`,
-    `linear.bias`, class weight buffer `weight`) and keyword-only `z_loss` and `softcap`.
+    `linear.bias`, class weight buffer `weight`) and keyword-only `z_loss`, `softcap` and `backend`.
 
     Example:
         >>> import torch, softmaxce.torch as sce
@@ -93,6 +100,7 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         options=None,
         z_loss: float = 0.0,
         softcap: float | None = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__(
             in_features,
@@ -109,8 +117,11 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         )
         # torch checks label_smoothing here (and reduction on the call); z_loss and softcap with it.
         CEOptions(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        if backend not in _functional.BACKENDS:
+            raise ValueError(f"{backend!r} is not a valid backend: use 'triton', 'torch' or None")
         self.z_loss = z_loss
         self.softcap = softcap
+        self.backend = backend
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
@@ -129,6 +140,7 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
             options=self.options,
             z_loss=self.z_loss,
             softcap=self.softcap,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

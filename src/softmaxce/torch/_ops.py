@@ -6,13 +6,29 @@ front ends (`_functional.py`) validate and reshape. Each op dispatches on the da
 
 - float32 / float64 CPU tensors: the NumPy engine (softmaxce._engine, and softmaxce._fused for the
   fused head) on zero-copy `tensor.numpy()` views;
-- anything else (float16 / bfloat16 CPU, any other device): `_chunked.py`, the same algorithm in
-  torch operations with float32 accumulation.
+- CUDA tensors (and, with backend="triton", any tensors Triton can run, e.g. CPU tensors under
+  TRITON_INTERPRET=1): the Triton kernels of `_triton/`;
+- anything else (float16 / bfloat16 CPU, other devices, backend="torch"): `_chunked.py`, the same
+  algorithm in torch operations with float32 accumulation.
+
+NumPy-engine calls run inside `_threads.torch_threads()` (numba's threads capped at torch's intra-op
+count) and the fused head's products run on torch's BLAS (`_products.TorchProducts`), so a training
+step keeps one thread pool.
 
 Autograd: for reduction "mean"/"sum" the forward op computes dL/dlogits (or the fused head's three
-gradients) in the same pass with upstream gradient 1, and backward multiplies by grad_output. For
+gradients) in the same pass with upstream gradient 1, and backward multiplies the saved gradient by
+grad_output in place (the first time; a second backward with retain_graph recomputes), so a training
+step holds one gradient-sized buffer, which autograd then takes over as the input's .grad. For
 "none" the backward op recomputes with the per-position upstream gradient. The gradient with respect
 to a probability target is dL/dt = -(1 - eps) * k * w * ln a (`_rowmath.target_grad`, in backward).
+
+Sparse targets: every op takes a trailing `target_values` (P, K); when given, `target` is the (P, K)
+integer indices and the two are the rows of a `SparseTarget` (SEMANTICS.md, "Sparse targets"). The
+NumPy engine reads them as `SparseRows`, the chunked path gathers and scatters K entries per row;
+the Triton kernels do not take them (CUDA tensors with a sparse target run the chunked path). The
+gradient with respect to the values is dL/dv_k = (1 - eps) k w_{i_k} (lse - z_{i_k}), 0 at padding
+(`_chunked.sparse_values_grad`, in backward); the indices get none. "mean" divides by the number of
+positions with an entry that is not padding.
 
 Higher order: when the backward runs with grad mode on (create_graph=True), it is instead the
 vector-Jacobian product of the composite loss (`_composite.vjp`), built from differentiable torch
@@ -26,17 +42,80 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _engine, _fused
+from .. import _engine, _fused, _threads
 from .._options import CEOptions
+from .._sparse import SparseTarget
 from .._validation import Layout
-from . import _chunked, _composite
+from . import _chunked, _composite, _triton
 from . import _rowmath as rm
+from ._products import TorchProducts
 
-__all__ = ["cross_entropy_rows", "linear_cross_entropy_rows"]
+__all__ = ["cross_entropy_inplace_backward", "cross_entropy_rows", "linear_cross_entropy_rows"]
 
 
 def _numpy_path(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def _use_triton(backend: str, t: Tensor) -> bool:
+    """backend "triton": the Triton kernels (an error if they cannot run t); "" (automatic): they run
+    CUDA tensors they support; "torch": never."""
+    if backend == "triton":
+        _triton.check(t.device, t.dtype)
+        return True
+    return backend == "" and t.device.type == "cuda" and _triton.available(t.device, t.dtype)
+
+
+def _traced(*tensors: Tensor | None) -> bool:
+    """Whether these tensors are being traced (torch.compile, AOT autograd, make_fx: fake, functional
+    or proxied tensors), where a backward must stay functional."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return True
+    return any(t is not None and (type(t) is not Tensor or torch._is_functional_tensor(t)) for t in tensors)
+
+
+def _scale_saved(ctx, saved: list[Tensor | None], d_loss: Tensor) -> list[Tensor | None] | None:
+    """The saved gradients (computed with upstream 1) times d_loss: in place the first time they are
+    asked for, so no second gradient-sized buffer exists (while compiling, out of place: the traced
+    backward stays functional); None once they were used (a second backward with retain_graph, which
+    then recomputes)."""
+    if _traced(d_loss, *saved):
+        return [None if s is None else s * d_loss.to(s.dtype) for s in saved]
+    if getattr(ctx, "consumed", False):
+        return None
+    ctx.consumed = True
+    if not (d_loss.device.type == "cpu" and float(d_loss) == 1.0):
+        for s in saved:
+            if s is not None:
+                s.data.mul_(d_loss.to(s.dtype))  # .data: no version bump of a tensor autograd saved
+    return saved
+
+
+def _target(target: Tensor, values: Tensor | None) -> Tensor | SparseTarget:
+    """The op's target: the tensor, or with `values` the sparse target's rows (indices, values)."""
+    return target if values is None else SparseTarget(target, values)
+
+
+def _np_target(target: Tensor | SparseTarget):
+    """A target as NumPy arrays (zero-copy views on the CPU): an array or a SparseTarget of arrays."""
+    if isinstance(target, SparseTarget):
+        return SparseTarget(_np(target.indices), _np(target.values))
+    return _np(target)
+
+
+def _refuse_weight_grad(weight: Tensor | None, probability: bool) -> bool:
+    """True when the class weight needs a gradient (probability targets: the composite path gives it);
+    for class-index targets PyTorch refuses, and so do we, rather than return none."""
+    if weight is None or not (torch.is_grad_enabled() and weight.requires_grad):
+        return False
+    if not probability:
+        raise RuntimeError(
+            "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
+            "This input cannot have requires_grad True."
+        )
+    return True
 
 
 def _np(t: Tensor | None) -> np.ndarray | None:
@@ -65,14 +144,21 @@ def _options(ignore_index: int, eps: float, lam: float, cap: float, reduction: s
 
 
 def _ce_numpy(
-    logits: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptions, want_grad: bool, grad_output: Tensor | None
+    logits: Tensor,
+    target: Tensor | SparseTarget,
+    weight: Tensor | None,
+    opts: CEOptions,
+    want_grad: bool,
+    grad_output: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
     P, C = logits.shape
-    probability = target.dim() == 2
+    sparse = isinstance(target, SparseTarget)
+    probability = sparse or target.dim() == 2
     dtype = np.dtype(np.float64) if logits.dtype == torch.float64 else np.dtype(np.float32)
-    layout = Layout(C, 1, (P,), probability)
+    layout = Layout(C, 1, (P,), probability, sparse)
     rows = _engine.logits_rows(_np(logits), layout, dtype)  # a view for contiguous logits
-    target_rows, w, norm = _engine.prepare_targets(layout, _np(target), _np64(weight), opts, dtype)
+    # a sparse target becomes SparseRows (every index checked against C), never a dense row
+    target_rows, w, norm = _engine.prepare_targets(layout, _np_target(target), _np64(weight), opts, dtype)
     if opts.reduction != "mean":
         norm = 1.0
     coef = grad = None
@@ -92,7 +178,7 @@ def _ce_numpy(
 
 
 def _ce_chunked(
-    logits: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptions, want_grad: bool, grad_output: Tensor | None
+    logits: Tensor, target: Tensor | SparseTarget, weight: Tensor | None, opts: CEOptions, want_grad: bool, grad_output: Tensor | None
 ) -> tuple[Tensor, Tensor | None]:
     acc = _chunked.acc_dtype(logits.dtype)
     norm, coef = _chunked.prepare(target, weight, opts, logits.shape[1], acc, want_grad, grad_output)
@@ -101,10 +187,20 @@ def _ce_chunked(
 
 
 def _ce_impl(
-    logits: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptions, want_grad: bool, grad_output: Tensor | None
+    logits: Tensor,
+    target: Tensor | SparseTarget,
+    weight: Tensor | None,
+    opts: CEOptions,
+    want_grad: bool,
+    grad_output: Tensor | None,
+    backend: str,
 ) -> tuple[Tensor, Tensor | None]:
-    run = _ce_numpy if _numpy_path(logits) else _ce_chunked
-    return run(logits, target, weight, opts, want_grad, grad_output)
+    if not isinstance(target, SparseTarget) and _use_triton(backend, logits):
+        return _triton.cross_entropy_rows(logits, target, weight, opts, want_grad, grad_output)
+    if _numpy_path(logits) and backend != "torch":
+        with _threads.torch_threads():
+            return _ce_numpy(logits, target, weight, opts, want_grad, grad_output)
+    return _ce_chunked(logits, target, weight, opts, want_grad, grad_output)
 
 
 @torch.library.custom_op("softmaxce::cross_entropy_rows", mutates_args=())
@@ -118,17 +214,20 @@ def _ce_fwd(
     softcap: float,
     reduction: str,
     compute_grad: bool,
+    backend: str,
+    target_values: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(loss, grad): loss reduced (0-d) or (P,); grad = dloss/dlogits (P, C) with upstream 1 when
-    compute_grad and reduction != "none", else an empty tensor."""
+    compute_grad and reduction != "none", else an empty tensor. With target_values (P, K), target is
+    a sparse target's (P, K) indices."""
     opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     want = compute_grad and reduction != "none"
-    loss, grad = _ce_impl(logits, target, weight, opts, want, None)
+    loss, grad = _ce_impl(logits, _target(target, target_values), weight, opts, want, None, backend)
     return loss, grad if grad is not None else _empty(logits)
 
 
 @_ce_fwd.register_fake
-def _(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, compute_grad):
+def _(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, compute_grad, backend, *_):
     P, C = logits.shape
     loss = logits.new_empty((P,) if reduction == "none" else ())
     grad = logits.new_empty((P, C)) if compute_grad and reduction != "none" else logits.new_empty((0,))
@@ -146,14 +245,16 @@ def _ce_bwd(
     z_loss: float,
     softcap: float,
     reduction: str,
+    backend: str,
+    target_values: Tensor | None = None,
 ) -> Tensor:
     """dJ/dlogits (P, C) for the upstream gradient grad_output (0-d, or (P,) for "none")."""
     opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    return _ce_impl(logits, target, weight, opts, True, grad_output)[1]
+    return _ce_impl(logits, _target(target, target_values), weight, opts, True, grad_output, backend)[1]
 
 
 @_ce_bwd.register_fake
-def _(logits, target, weight, grad_output, ignore_index, label_smoothing, z_loss, softcap, reduction):
+def _(logits, target, weight, grad_output, ignore_index, label_smoothing, z_loss, softcap, reduction, backend, *_):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
@@ -163,6 +264,12 @@ def _target_coef(grad_output: Tensor, reduction: str, P: int, acc: torch.dtype) 
     if reduction == "mean":
         k = k / P  # probability targets: "mean" divides by the number of positions
     return k.reshape(-1, 1) if reduction == "none" else k
+
+
+def _values_coef(grad_output: Tensor, target: SparseTarget, reduction: str, acc: torch.dtype) -> Tensor:
+    """k_n = dJ/dl_n (P,) for a sparse target's values ("mean" divides by the kept positions)."""
+    norm = _chunked.normalizer(target, None, -100, True, acc)
+    return _chunked.row_coef(reduction, norm, grad_output, target.indices.shape[0], acc)
 
 
 def _target_grad(logits: Tensor, target: Tensor, weight: Tensor | None, k: Tensor, eps: float, cap: float) -> Tensor:
@@ -176,48 +283,74 @@ def _target_grad(logits: Tensor, target: Tensor, weight: Tensor | None, k: Tenso
 
 
 def _ce_setup(ctx, inputs, output) -> None:
-    logits, target, weight, ignore_index, eps, lam, cap, reduction, compute_grad = inputs
-    ctx.opts = (ignore_index, eps, lam, cap, reduction)
+    logits, target, weight, ignore_index, eps, lam, cap, reduction, compute_grad, backend, values = inputs
+    ctx.opts = (ignore_index, eps, lam, cap, reduction, backend)
     ctx.precomputed = compute_grad and reduction != "none"
     grad = output[1] if ctx.precomputed else None
-    ctx.save_for_backward(logits, target, weight, grad)
+    ctx.save_for_backward(logits, target, weight, grad, values)
 
 
 def _ce_backward(ctx, d_loss, d_grad) -> tuple[Tensor | None, ...]:
-    logits, target, weight, grad = ctx.saved_tensors
-    ignore_index, eps, lam, cap, reduction = ctx.opts
-    g_logits = g_target = None
+    logits, target, weight, grad, values = ctx.saved_tensors
+    ignore_index, eps, lam, cap, reduction, backend = ctx.opts
+    g_logits = g_target = g_values = None
+    none = (None,) * 8  # weight, ignore_index, ..., backend
     if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable itself
         opts = _options(ignore_index, eps, lam, cap, reduction)
+        if values is not None:  # the sparse target's values vary, its indices are fixed
+            g_logits, g_values = _composite.vjp(
+                lambda z, v: _composite.cross_entropy_rows(z, SparseTarget(target, v), weight, opts),
+                (logits, values),
+                (ctx.needs_input_grad[0], ctx.needs_input_grad[-1]),
+                d_loss,
+            )
+            return g_logits, None, *none, g_values
         g_logits, g_target = _composite.vjp(
             lambda z, t: _composite.cross_entropy_rows(z, t, weight, opts),
             (logits, target),
             ctx.needs_input_grad[:2],
             d_loss,
         )
-        return g_logits, g_target, None, None, None, None, None, None, None
+        return g_logits, g_target, *none, None
     if ctx.needs_input_grad[0]:
-        if ctx.precomputed:
-            g_logits = grad * d_loss.to(grad.dtype)  # the forward computed dloss/dlogits with upstream 1
-        else:
-            g_logits = _ce_bwd(logits, target, weight, d_loss, ignore_index, eps, lam, cap, reduction)
-    if ctx.needs_input_grad[1]:
-        k = _target_coef(d_loss, reduction, logits.shape[0], _chunked.acc_dtype(logits.dtype))
+        if ctx.precomputed:  # the forward computed dloss/dlogits with upstream 1
+            g_logits = (_scale_saved(ctx, [grad], d_loss) or [None])[0]
+        if g_logits is None:
+            g_logits = _ce_bwd(
+                logits, target, weight, d_loss, ignore_index, eps, lam, cap, reduction, backend, values
+            )
+    acc = _chunked.acc_dtype(logits.dtype)
+    if values is not None and ctx.needs_input_grad[-1]:
+        t = SparseTarget(target, values)
+        k = _values_coef(d_loss, t, reduction, acc)
+        g_values = _chunked.sparse_values_grad(logits, t, weight, k, eps, cap or None)
+    elif values is None and ctx.needs_input_grad[1]:
+        k = _target_coef(d_loss, reduction, logits.shape[0], acc)
         g_target = _target_grad(logits, target, weight, k, eps, cap)
-    return g_logits, g_target, None, None, None, None, None, None, None
+    return g_logits, g_target, *none, g_values  # a trailing None past the inputs is allowed
 
 
 _ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup)
 
 
-def cross_entropy_rows(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+def cross_entropy_rows(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    options: CEOptions,
+    backend: str | None = None,
+    values: Tensor | None = None,
+) -> Tensor:
     """Softmax cross-entropy on rows: logits (P, C), target (P,) class indices or (P, C)
-    probabilities (already validated). Returns the reduced loss (0-d) or the (P,) losses.
+    probabilities, or with `values` (P, K) a sparse target's (P, K) indices (already validated).
+    Returns the reduced loss (0-d) or the (P,) losses.
 
-    Under a torch.func transform or forward AD the composite torch path computes it (`_composite.py`);
-    otherwise the custom op, whose backward is exact to any order."""
-    if _composite.transforms_active(logits, target, weight):
-        return _composite.cross_entropy_rows(logits, target, weight, options)
+    Under a torch.func transform or forward AD, or when a probability target's class weight needs a
+    gradient, the composite torch path computes it (`_composite.py`); otherwise the custom op, whose
+    backward is exact to any order. backend: "triton", "torch" or None (automatic)."""
+    weight_grad = _refuse_weight_grad(weight, values is not None or target.dim() == 2)
+    if weight_grad or _composite.transforms_active(logits, target, weight, values):
+        return _composite.cross_entropy_rows(logits, _target(target, values), weight, options)
     needs = torch.is_grad_enabled() and logits.requires_grad
     loss, _ = _ce_fwd(
         logits,
@@ -229,6 +362,8 @@ def cross_entropy_rows(logits: Tensor, target: Tensor, weight: Tensor | None, op
         options.softcap or 0.0,
         options.reduction,
         needs,
+        backend or "",
+        values,
     )
     return loss
 
@@ -241,7 +376,7 @@ _LinearResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
 def _lce_numpy(
     x: Tensor,
     W: Tensor,
-    target: Tensor,
+    target: Tensor | SparseTarget,
     bias: Tensor | None,
     weight: Tensor | None,
     opts: CEOptions,
@@ -252,7 +387,7 @@ def _lce_numpy(
     r = _fused.forward_linear(
         _np(x),
         _np(W),
-        _np(target),
+        _np_target(target),
         _np(bias),
         _np64(weight),
         opts,
@@ -260,6 +395,7 @@ def _lce_numpy(
         want_grad=any(want),
         want_stats=False,
         grad_output=_np64(grad_output),
+        products=TorchProducts(),  # torch's BLAS pool, not a second one
     )
     grads = (r.grad_x, r.grad_weight, r.grad_bias)
     return (
@@ -271,7 +407,7 @@ def _lce_numpy(
 def _lce_chunked(
     x: Tensor,
     W: Tensor,
-    target: Tensor,
+    target: Tensor | SparseTarget,
     bias: Tensor | None,
     weight: Tensor | None,
     opts: CEOptions,
@@ -285,9 +421,13 @@ def _lce_chunked(
     return _chunked.reduce(loss, opts.reduction, norm).to(x.dtype), gx, gw, gb
 
 
-def _lce_impl(x, W, target, bias, weight, opts, chunk_size, want, grad_output) -> _LinearResult:
-    run = _lce_numpy if _numpy_path(x) and x.dtype == W.dtype else _lce_chunked
-    return run(x, W, target, bias, weight, opts, chunk_size, want, grad_output)
+def _lce_impl(x, W, target, bias, weight, opts, chunk_size, want, grad_output, backend) -> _LinearResult:
+    if not isinstance(target, SparseTarget) and _use_triton(backend, x):
+        return _triton.linear_cross_entropy_rows(x, W, target, bias, weight, opts, want, grad_output)
+    if _numpy_path(x) and x.dtype == W.dtype and backend != "torch":
+        with _threads.torch_threads():
+            return _lce_numpy(x, W, target, bias, weight, opts, chunk_size, want, grad_output)
+    return _lce_chunked(x, W, target, bias, weight, opts, chunk_size, want, grad_output)
 
 
 def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
@@ -310,11 +450,15 @@ def _lce_fwd(
     grad_x: bool,
     grad_w: bool,
     grad_b: bool,
+    backend: str,
+    target_values: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(loss, grad_x, grad_W, grad_b) with upstream 1; a gradient not asked for (or for "none") is empty."""
+    """(loss, grad_x, grad_W, grad_b) with upstream 1; a gradient not asked for (or for "none") is empty.
+    With target_values (P, K), target is a sparse target's (P, K) indices."""
     opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     want = (grad_x, grad_w, grad_b and bias is not None) if reduction != "none" else (False, False, False)
-    loss, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, None)
+    target = _target(target, target_values)
+    loss, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, None, backend)
     return loss, _or_empty(gx, x), _or_empty(gw, linear_weight), _or_empty(gb, linear_weight)
 
 
@@ -330,7 +474,7 @@ def _fake_grads(
 
 @_lce_fwd.register_fake
 def _(x, linear_weight, target, bias, weight, *options):
-    *_, reduction, _chunk_size, grad_x, grad_w, grad_b = options  # the op's trailing arguments
+    *_, reduction, _chunk_size, grad_x, grad_w, grad_b, _backend = options[:10]  # the op's trailing arguments
     reduced = reduction != "none"
     loss = x.new_empty(() if reduced else (x.shape[0],))
     return (loss, *_fake_grads(x, linear_weight, bias, (grad_x and reduced, grad_w and reduced, grad_b and reduced)))
@@ -353,17 +497,20 @@ def _lce_bwd(
     grad_x: bool,
     grad_w: bool,
     grad_b: bool,
+    backend: str,
+    target_values: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_W, grad_b) for the upstream gradient grad_output (0-d, or (P,) for "none")."""
     opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     want = (grad_x, grad_w, grad_b and bias is not None)
-    _, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, grad_output)
+    target = _target(target, target_values)
+    _, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, grad_output, backend)
     return _or_empty(gx, x), _or_empty(gw, linear_weight), _or_empty(gb, linear_weight)
 
 
 @_lce_bwd.register_fake
 def _(x, linear_weight, target, bias, weight, grad_output, *options):
-    *_, grad_x, grad_w, grad_b = options  # the op's trailing arguments
+    *_, grad_x, grad_w, grad_b, _backend = options[:10]  # the op's trailing arguments
     return _fake_grads(x, linear_weight, bias, (grad_x, grad_w, grad_b))
 
 
@@ -379,41 +526,67 @@ def _linear_target_grad(x, W, bias, target, weight, grad_output, eps, cap, reduc
     return out
 
 
+def _linear_values_grad(x, W, bias, target: SparseTarget, weight, grad_output, eps, cap, reduction, chunk_size):
+    """dJ/dv = (1 - eps) k w_{i_k} (lse - z_{i_k}) for a sparse target, the logits re-formed chunk by chunk."""
+    P, V = x.shape[0], W.shape[0]
+    out = torch.empty_like(target.values)
+    acc = _chunked.acc_dtype(x.dtype)
+    k = _values_coef(grad_output, target, reduction, acc)
+    for s in _chunked.chunks(P, _chunked.chunk_rows(P, V, acc, chunk_size or None)):
+        z = x[s] @ W.T if bias is None else torch.addmm(bias, x[s], W.T)
+        out[s] = _chunked.sparse_values_grad(z, _chunked.rows(target, s), weight, k[s], eps, cap or None)
+    return out
+
+
 def _lce_setup(ctx, inputs, output) -> None:
-    (x, W, target, bias, weight, ignore_index, eps, lam, cap, reduction, chunk_size, grad_x, grad_w, grad_b) = inputs
-    ctx.opts = (ignore_index, eps, lam, cap, reduction, chunk_size)
+    (x, W, target, bias, weight, ignore_index, eps, lam, cap, reduction, chunk_size, *flags, backend, values) = inputs
+    ctx.opts = (ignore_index, eps, lam, cap, reduction, chunk_size, backend)
     ctx.precomputed = reduction != "none"
-    ctx.flags = (grad_x, grad_w, grad_b)
+    ctx.flags = tuple(flags)  # (grad_x, grad_W, grad_b) computed by the forward
     saved = output[1:] if ctx.precomputed else (None, None, None)
-    ctx.save_for_backward(x, W, target, bias, weight, *saved)
+    ctx.save_for_backward(x, W, target, bias, weight, values, *saved)
 
 
 def _lce_backward(ctx, d_loss, d_gx, d_gw, d_gb) -> tuple[Tensor | None, ...]:
-    x, W, target, bias, weight, *saved = ctx.saved_tensors
-    ignore_index, eps, lam, cap, reduction, chunk_size = ctx.opts
+    x, W, target, bias, weight, values, *saved = ctx.saved_tensors
+    ignore_index, eps, lam, cap, reduction, chunk_size, backend = ctx.opts
     need_x, need_w, need_t, need_b = ctx.needs_input_grad[:4]
+    need_v = values is not None and ctx.needs_input_grad[-1]
     if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable themselves
         opts = _options(ignore_index, eps, lam, cap, reduction)
+        if values is not None:  # the sparse target's values vary, its indices are fixed
+            gx, gw, gv, gb = _composite.vjp(
+                lambda x_, w_, v_, b_: _composite.linear_cross_entropy_rows(
+                    x_, w_, SparseTarget(target, v_), b_, weight, opts
+                ),
+                (x, W, values, bias),
+                (need_x, need_w, need_v, need_b),
+                d_loss,
+            )
+            return gx, gw, None, gb, *([None] * 11), gv
         gx, gw, gt, gb = _composite.vjp(
             lambda x_, w_, t_, b_: _composite.linear_cross_entropy_rows(x_, w_, t_, b_, weight, opts),
             (x, W, target, bias),
             (need_x, need_w, need_t, need_b),
             d_loss,
         )
-        return gx, gw, gt, gb, *([None] * 10)
+        return gx, gw, gt, gb, *([None] * 11)
     need = (need_x, need_w, need_b)
     g = [None, None, None]
     if ctx.precomputed and all(flag or not n for n, flag in zip(need, ctx.flags, strict=True)):
-        # the forward computed (grad_x, grad_W, grad_b) with upstream 1
-        g = [s * d_loss.to(s.dtype) if n else None for n, s in zip(need, saved, strict=True)]
-    elif any(need):
+        # the forward computed (grad_x, grad_W, grad_b) with upstream 1: scaled in place, once
+        g = _scale_saved(ctx, [s if n else None for n, s in zip(need, saved, strict=True)], d_loss) or g
+    if any(n and s is None for n, s in zip(need, g, strict=True)):
         opts = (ignore_index, eps, lam, cap, reduction, chunk_size)
-        got = _lce_bwd(x, W, target, bias, weight, d_loss, *opts, *need)
+        got = _lce_bwd(x, W, target, bias, weight, d_loss, *opts, *need, backend, values)
         g = [t if n else None for n, t in zip(need, got, strict=True)]
-    g_target = None
-    if need_t:
+    g_target = g_values = None
+    if need_v:
+        t = SparseTarget(target, values)
+        g_values = _linear_values_grad(x, W, bias, t, weight, d_loss, eps, cap, reduction, chunk_size)
+    elif need_t and values is None:
         g_target = _linear_target_grad(x, W, bias, target, weight, d_loss, eps, cap, reduction, chunk_size)
-    return g[0], g[1], g_target, g[2], *([None] * 10)
+    return g[0], g[1], g_target, g[2], *([None] * 11), g_values  # a trailing None past the inputs is allowed
 
 
 _lce_fwd.register_autograd(_lce_backward, setup_context=_lce_setup)
@@ -427,12 +600,18 @@ def linear_cross_entropy_rows(
     weight: Tensor | None,
     options: CEOptions,
     chunk_size: int | None = None,
+    backend: str | None = None,
+    values: Tensor | None = None,
 ) -> Tensor:
-    """The fused head on rows: x (P, D), linear_weight (V, D), target (P,) or (P, V) (validated).
-    Returns the reduced loss (0-d) or the (P,) losses; never forms all P x V logits (except under a
-    torch.func transform or forward AD, where the composite torch path computes it)."""
-    if _composite.transforms_active(x, linear_weight, target, bias, weight):
-        return _composite.linear_cross_entropy_rows(x, linear_weight, target, bias, weight, options)
+    """The fused head on rows: x (P, D), linear_weight (V, D), target (P,) or (P, V), or with `values`
+    (P, K) a sparse target's (P, K) indices (validated). Returns the reduced loss (0-d) or the (P,)
+    losses; never forms all P x V logits (except under a torch.func transform or forward AD, or when
+    a probability target's class weight needs a gradient, where the composite torch path computes
+    it). backend: "triton", "torch" or None (automatic)."""
+    weight_grad = _refuse_weight_grad(weight, values is not None or target.dim() == 2)
+    if weight_grad or _composite.transforms_active(x, linear_weight, target, bias, weight, values):
+        t = _target(target, values)
+        return _composite.linear_cross_entropy_rows(x, linear_weight, t, bias, weight, options)
     on = torch.is_grad_enabled()
     loss = _lce_fwd(
         x,
@@ -449,5 +628,59 @@ def linear_cross_entropy_rows(
         on and x.requires_grad,
         on and linear_weight.requires_grad,
         on and bias is not None and bias.requires_grad,
+        backend or "",
+        values,
     )[0]
     return loss
+
+
+# ----------------------------------------------------------------------------- gradient over the logits
+
+
+class _InplaceBackward(torch.autograd.Function):
+    """cross_entropy whose forward writes dloss/dlogits (upstream 1) over the logits and whose backward
+    scales them in place by grad_output: no gradient-sized buffer at all (flash-attn's
+    inplace_backward). First order only."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+        z = _np(logits)
+        with _threads.torch_threads():
+            r = _engine.forward_logits(
+                z, _np_target(target), _np64(weight), options, want_grad=True, want_stats=False, grad_output=None, out=z
+            )
+        ctx.save_for_backward(logits)  # now the gradient
+        return torch.as_tensor(np.asarray(r.loss), dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("cross_entropy(inplace_backward=True) has no second derivative: use create_graph=False")
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError(
+                "cross_entropy(inplace_backward=True): the logits already hold the gradient of a first backward"
+            )
+        ctx.consumed = True
+        (grad,) = ctx.saved_tensors
+        if not (d_loss.device.type == "cpu" and float(d_loss) == 1.0):
+            grad.data.mul_(d_loss.to(grad.dtype))
+        return grad, None, None, None
+
+
+def cross_entropy_inplace_backward(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+    """`cross_entropy(..., inplace_backward=True)` (validated by the front end): the loss, with the
+    gradient written over `logits`. Refuses what it cannot do exactly: a gradient for the target or
+    the class weight, higher order (in backward), torch.func transforms and torch.compile."""
+    targets = (target.indices, target.values) if isinstance(target, SparseTarget) else (target,)
+    if torch.compiler.is_compiling() or _composite.transforms_active(logits, *targets, weight):
+        raise RuntimeError("cross_entropy(inplace_backward=True) cannot run under torch.compile or torch.func")
+    if logits.dim() != 2 or not _numpy_path(logits) or not logits.is_contiguous():
+        raise ValueError(
+            "inplace_backward=True needs contiguous 2-D float32 or float64 CPU logits, got "
+            f"{tuple(logits.shape)} {logits.dtype} on {logits.device.type}"
+        )
+    if options.reduction == "none":
+        raise ValueError("inplace_backward=True needs reduction 'mean' or 'sum', not 'none'")
+    if any(t is not None and t.requires_grad for t in (*targets, weight)) and torch.is_grad_enabled():
+        raise ValueError("inplace_backward=True gives no gradient for the target or the class weight")
+    return _InplaceBackward.apply(logits, target, weight, options)

@@ -7,10 +7,16 @@ and k = dJ/dl_n, the upstream coefficient of the row:
     lse   = m + ln sum_j exp(z_j - m),  m = max_j z_j,      ln a = (z - m) - ln S
     beta  = (1 - eps) w_y e_y + (eps / C) w,   omega = w_y  (class index y; both 0 when ignored)
     beta  = w * ((1 - eps) t + eps / C),       omega = 1    (probability target t)
+    beta  = w * ((1 - eps) scatter(v) + eps / C), omega = 1 (sparse target: entries (i_k, v_k))
     loss  = -sum_j beta_j ln a_j + lam omega lse^2
     alpha = sum_j beta_j + 2 lam omega lse
     G     = dl/dz = k (alpha a - beta),  times 1 - tanh^2(z / s) with softcap s
     dl/dt = -(1 - eps) k w ln a                                (probability target)
+    dl/dv_k = (1 - eps) k w_{i_k} (lse - z_{i_k})              (sparse target: dl/dt gathered)
+
+A sparse target never forms beta: its sums over the classes are K gathers plus the dense smoothing
+term, and its gradient is the dense part alpha a - (eps / C) w plus a scatter of K entries
+(`sparse_sums`, `index_grad_` with K columns; an entry with i_k < 0 is padding, its b_k is 0).
 
 The callers differ only in how they get the sums over a row's classes: the chunked path
 (`_chunked.py`) holds whole rows and sums them itself; the vocabulary-parallel head
@@ -34,6 +40,9 @@ __all__ = [
     "probability_beta",
     "probability_grad_",
     "soft_cap_",
+    "sparse_entries",
+    "sparse_sums",
+    "sparse_values_grad",
     "soft_cap_grad_",
     "target_grad",
 ]
@@ -98,6 +107,47 @@ def index_sums(
     return ce, beta_sum
 
 
+def sparse_entries(
+    indices: Tensor, values: Tensor, w: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(kept (n,) bool, pad (n, K) bool, i (n, K) int64 clamped to >= 0, b (n, K)) of a sparse target's
+    rows: b_k = w_{i_k} v_k, exactly 0 at padding (i_k < 0); a row is kept when one entry is not padding."""
+    pad = indices < 0
+    i = indices.clamp(min=0).long()  # padding points at class 0, masked below
+    b = values.to(dtype)
+    if w is not None:
+        b = b * w[i]  # b_k = w_{i_k} v_k
+    return ~pad.all(dim=1), pad, i, torch.where(pad, 0.0, b)
+
+
+def sparse_sums(
+    nll: Tensor, pad: Tensor, b: Tensor, nll_w: Tensor | None, w_sum: Tensor | float, eps: float, num_classes: int
+) -> tuple[Tensor, Tensor]:
+    """(-sum_c beta_c ln a_c, sum_c beta_c) per row for a sparse target, from nll = -ln a gathered at
+    the entries (n, K), b from `sparse_entries` and nll_w = -sum_c w_c ln a_c (read only when eps > 0):
+
+        -sum_c beta_c ln a_c = (1 - eps) sum_k b_k (-ln a_{i_k}) + (eps / C) sum_c w_c (-ln a_c)
+         sum_c beta_c        = (1 - eps) sum_k b_k              + (eps / C) sum_c w_c
+    """
+    smooth = eps / num_classes if num_classes > 0 else 0.0
+    # padding contributes exactly nothing, even where its clamped column's ln a is -inf
+    ce = (1.0 - eps) * torch.where(pad, 0.0, b * nll).sum(dim=1)
+    beta_sum = (1.0 - eps) * b.sum(dim=1)
+    if smooth:
+        ce = ce + smooth * nll_w
+        beta_sum = beta_sum + smooth * w_sum
+    return ce, beta_sum
+
+
+def sparse_values_grad(nll: Tensor, pad: Tensor, i: Tensor, k: Tensor, w: Tensor | None, eps: float) -> Tensor:
+    """dl/dv_k = (1 - eps) k w_{i_k} (lse - z_{i_k}) = -(1 - eps) k w_{i_k} ln a_{i_k}, 0 at padding;
+    nll (n, K) = -ln a at the entries, k (n,) the rows' coefficients."""
+    g = nll * ((1.0 - eps) * k).unsqueeze(1)
+    if w is not None:
+        g = g * w[i]
+    return torch.where(pad, 0.0, g)
+
+
 def loss_and_alpha(
     ce: Tensor, beta_sum: Tensor, lse: Tensor, lam: float, omega: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -127,10 +177,13 @@ def index_grad_(
     eps: float,
     num_classes: int,
 ) -> Tensor:
-    """a (n, C) <- G = k (alpha a - (1 - eps) w_y e_y - (eps / C) w), in place; ignored rows exactly 0.
+    """a (n, C) <- G = k (alpha a - (1 - eps) sum_k w_yk e_yk - (eps / C) w), in place; ignored rows
+    exactly 0.
 
-    y (n, 1) are column indices into a and w_y (n,) the weight subtracted there (the vocabulary-parallel
-    head passes 0 on the ranks that do not hold the target class); w (C,) is a's columns' weights.
+    y (n, K) are column indices into a and w_y the weights subtracted there, (n,) for K = 1 (a class
+    index) or (n, K) (a sparse target: w_{i_k} v_k, 0 at padding; duplicates subtract twice). The
+    vocabulary-parallel head passes 0 on the ranks that do not hold the column; w (C,) is a's columns'
+    weights.
     """
     smooth = eps / num_classes if num_classes > 0 else 0.0
     a.mul_((alpha * k).unsqueeze(1))  # k alpha a
@@ -138,7 +191,7 @@ def index_grad_(
         a.addr_(k, w, alpha=-smooth)  # - k (eps / C) w
     elif smooth:
         a.sub_(k.unsqueeze(1) * smooth)
-    a.scatter_add_(1, y, (-(1.0 - eps) * w_y * k).unsqueeze(1))  # - k (1 - eps) w_y e_y
+    a.scatter_add_(1, y, w_y.reshape(y.shape) * (-(1.0 - eps) * k).unsqueeze(1))  # - k (1 - eps) w_y e_y
     return a.masked_fill_(~kept.unsqueeze(1), 0.0)
 
 

@@ -1,0 +1,185 @@
+"""Top-k distillation through the fused head: softmaxce with a SparseTarget vs PyTorch with the dense
+probability target it stands for, same run.
+
+    python benchmarks/bench_sparse.py            # N=4096 D=1024 V=128256 K=32, float32
+    python benchmarks/bench_sparse.py --quick    # N=1024 D=512 V=32768 K=32
+
+Contenders, each forward + backward (loss, grad_x, grad_W) in float32:
+    softmaxce      linear_cross_entropy_and_grad(x, W, SparseTarget(top-k indices, probabilities))
+    torch_dense    F.cross_entropy(F.linear(x, W), y) with y the dense (N, V) probability target
+    torch_linear   F.linear_cross_entropy(x, W, y) (PyTorch's chunked head) with the same dense y
+For the peers the dense target is built inside the measured call (torch.zeros + scatter_add_ of the
+top-k), so its time and memory count: it is what they need to train on a teacher's top-k.
+
+Each contender runs in a fresh subprocess: a tiny warm-up call (numba cache load, torch allocator),
+then the inputs, then the RSS high-water mark is reset; extra peak memory is peak RSS minus RSS
+before the call minus the outputs (grad_x, grad_W). Time is the best of --repeat calls in that
+process. Prints a table with ratios and writes benchmarks/results/sparse.csv (sparse_quick.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import peak_rss_bytes, reset_peak_rss, rss_bytes, write_csv  # benchmarks/_common.py
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONTENDERS = ("softmaxce", "torch_dense", "torch_linear")
+
+
+def _inputs(N, D, V, K, seed=0):
+    """x (N, D), W (V, D), a teacher's top-K class indices (N, K) and their renormalized probabilities."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    idx = rng.integers(0, V, (N, K))
+    teacher = rng.standard_normal((N, K)) * 2
+    p = np.exp(teacher - teacher.max(axis=1, keepdims=True))
+    p = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)  # top-k probabilities, renormalized
+    return x, W, idx, p
+
+
+def _runner(name, x, W, idx, p, threads):
+    """A no-argument function doing loss + grad_x + grad_W with contender `name`."""
+    if name == "softmaxce":
+        import softmaxce
+
+        softmaxce.set_num_threads(threads)
+        target = softmaxce.SparseTarget(idx, p)
+        return lambda: softmaxce.linear_cross_entropy_and_grad(x, W, target)
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x).requires_grad_()
+    Wt = torch.from_numpy(W).requires_grad_()
+    it, pt = torch.from_numpy(idx), torch.from_numpy(p)
+    N, V = x.shape[0], W.shape[0]
+
+    def dense_target():
+        return torch.zeros(N, V).scatter_add_(1, it, pt)  # y[n, i_k] += p_k
+
+    if name == "torch_dense":
+
+        def run():
+            xt.grad = Wt.grad = None
+            F.cross_entropy(F.linear(xt, Wt), dense_target()).backward()
+
+        return run
+    opts = torch.nn.LinearCrossEntropyOptions()
+
+    def run():
+        xt.grad = Wt.grad = None
+        F.linear_cross_entropy(xt, Wt, dense_target(), options=opts).backward()
+
+    return run
+
+
+def _child(name, N, D, V, K, threads, repeat):
+    # warm-up: numba cache (the parallel drivers too: 64 x 2048 logits), torch allocator, BLAS
+    _runner(name, *_inputs(64, D, 2048, 4), threads)()
+    x, W, idx, p = _inputs(N, D, V, K)
+    run = _runner(name, x, W, idx, p, threads)
+    reset_peak_rss()  # the inputs do not count (Linux)
+    base = rss_bytes()
+    best = float("inf")
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+        if i == 0:
+            peak = peak_rss_bytes()
+    outputs = x.nbytes + W.nbytes  # grad_x and grad_W
+    print(json.dumps({"time_s": best, "extra_peak_mb": max(0, peak - base - outputs) / 2**20}))
+
+
+def _measure(name, N, D, V, K, threads, repeat):
+    cmd = [sys.executable, __file__, "--child", name, *map(str, (N, D, V, K, threads, repeat))]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"  ({name} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
+        return {"time_s": float("nan"), "extra_peak_mb": float("nan")}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(N, D, V, K, threads, repeat, contenders=CONTENDERS):
+    got = {name: _measure(name, N, D, V, K, threads, repeat) for name in contenders}
+    peers = [c for c in contenders if c != "softmaxce"]
+    rows = []
+    for name in contenders:
+        t, m = got[name]["time_s"], got[name]["extra_peak_mb"]
+        rows.append(
+            {
+                "N": N,
+                "D": D,
+                "V": V,
+                "K": K,
+                "threads": threads,
+                "contender": name,
+                "time_s": round(t, 3),
+                "extra_peak_mb": round(m, 1),
+                "softmaxce_speedup": round(t / got["softmaxce"]["time_s"], 2) if "softmaxce" in got else "",
+                "memory_vs_softmaxce": round(m / max(got["softmaxce"]["extra_peak_mb"], 1e-9), 1)
+                if "softmaxce" in got
+                else "",
+            }
+        )
+    if "softmaxce" in got and peers:
+        s = got["softmaxce"]
+        fastest = min(got[c]["time_s"] for c in peers)
+        smallest = min(got[c]["extra_peak_mb"] for c in peers)
+        print(
+            f"softmaxce vs the best peer: {fastest / s['time_s']:.2f}x faster, "
+            f"{s['extra_peak_mb'] / smallest:.4f} of the smaller peer's extra peak memory (goal: > 1x, <= 0.1)"
+        )
+    return rows
+
+
+def _print(rows):
+    head = (
+        f"{'N':>5} {'D':>5} {'V':>7} {'K':>3} {'contender':<13} {'time s':>8} {'extra MB':>9} "
+        f"{'time / softmaxce':>16} {'memory / softmaxce':>18}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['N']:>5} {r['D']:>5} {r['V']:>7} {r['K']:>3} {r['contender']:<13} {r['time_s']:>8.3f} "
+            f"{r['extra_peak_mb']:>9.1f} {r['softmaxce_speedup']!s:>15}x {r['memory_vs_softmaxce']!s:>17}x"
+        )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="N=1024 D=512 V=32768 K=32")
+    p.add_argument("--shape", help="N,D,V,K (default: 4096,1024,128256,32)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        name, *nums = a.child
+        _child(name, *map(int, nums))
+        return
+    shape = (1024, 512, 32768, 32) if a.quick else (4096, 1024, 128256, 32)
+    if a.shape:
+        shape = tuple(int(v) for v in a.shape.split(","))
+    contenders = tuple(c for c in a.contenders.split(",") if c)
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        p.error(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
+    rows = bench(*shape, a.threads, a.repeat, contenders)
+    _print(rows)
+    write_csv(rows, RESULTS / ("sparse_quick.csv" if a.quick else "sparse.csv"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Class axis 1 in place: (N, C, S) logits read and their gradient written in the input's own layout.
+
+For (N, C, d1..dk) logits (segmentation: N x C x H x W) the positions of one image, S = d1*...*dk of
+them, already sit class-major: logit (n, c, s) is z[n, c, s], so a block of positions s0 .. s0 + R - 1
+of image n is exactly the class-major block `_small.column_block` computes on (stride S between
+classes). No class-last copy of the logits is made, and the gradient comes out as (N, C, S) directly.
+The math is `_small.column_block`'s (see `_rows.py` for the formulas); position p = n * S + s indexes
+the targets (N, S), the upstream coefficients and the per-position outputs, as in the engine's rows.
+
+Chunks of (image, run of blocks) have boundaries that depend only on the shape: results are bit for
+bit the same on any thread count.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from ._bits import JIT
+from ._rows import weight_sum, weights_nonnegative
+from ._small import CHUNK_LOGITS, block_positions, column_block, new_workspace
+
+__all__ = ["AXIS1_MAX_C", "axis1_applies", "index_axis1"]
+
+AXIS1_MAX_C = 1024  # above this a block of 16 positions no longer fits in L1/L2 scratch comfortably
+
+
+def axis1_applies(dtype, N: int, C: int, S: int) -> bool:
+    """Whether (N, C, S) class-index logits take `index_axis1` (else: move the class axis last)."""
+    return dtype in ("float32", "float64") and N * S > 0 and 0 < C <= AXIS1_MAX_C and S >= 16
+
+
+def index_axis1(
+    parallel: bool, z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy
+) -> None:
+    """`_kernels.index_rows` for logits z (N, C, S), C-contiguous, in place of (N * S, C) rows.
+
+    grad is (N, C, S) (written only if it has N * S * C entries; it may be z itself); target, coef,
+    loss, lse, argmax and entropy are (N * S,) in position order p = n * S + s, as for `index_rows`.
+    """
+    run = _index_axis1 if parallel else _index_axis1_serial
+    run(z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy)
+
+
+@njit(**JIT)
+def _partition(N, C, S):
+    """(R, blocks per chunk, chunks per image): blocks of R positions, chunks of about CHUNK_LOGITS logits."""
+    R = block_positions(C)
+    nblocks = (S + R - 1) // R
+    per_chunk = max(1, CHUNK_LOGITS // (C * R))
+    return R, per_chunk, (nblocks + per_chunk - 1) // per_chunk
+
+
+@njit(**JIT)
+def _axis1_chunk(
+    ch,
+    R,
+    per_chunk,
+    chunks_per_n,
+    z,
+    target,
+    weight,
+    wsum,
+    wpos,
+    eps,
+    lam,
+    cap,
+    ii,
+    coef,
+    grad,
+    loss,
+    lse,
+    argmax,
+    entropy,
+):
+    """Blocks [j * per_chunk, (j + 1) * per_chunk) of image n, for ch = n * chunks_per_n + j."""
+    N, C, S = z.shape
+    P = N * S
+    want_grad = grad.size == P * C and P > 0
+    want_stats = entropy.shape[0] == P and P > 0
+    zf = z.reshape(-1)
+    gf = grad.reshape(-1)
+    ws = new_workspace(C, R, zf)
+    n = ch // chunks_per_n
+    j = ch % chunks_per_n
+    for b in range(j * per_chunk, (j + 1) * per_chunk):
+        s0 = b * R
+        if s0 >= S:
+            break
+        nr = min(R, S - s0)
+        base = n * C * S + s0
+        column_block(
+            C,
+            nr,
+            zf,
+            base,
+            S,
+            n * S + s0,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            want_grad,
+            gf,
+            base,
+            S,
+            loss,
+            lse,
+            want_stats,
+            argmax,
+            entropy,
+            ws,
+        )
+
+
+@njit(parallel=True, **JIT)
+def _index_axis1(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
+    N, C, S = z.shape
+    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
+    R, per_chunk, chunks_per_n = _partition(N, C, S)
+    for ch in prange(N * chunks_per_n):
+        _axis1_chunk(
+            ch,
+            R,
+            per_chunk,
+            chunks_per_n,
+            z,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            grad,
+            loss,
+            lse,
+            argmax,
+            entropy,
+        )
+
+
+@njit(**JIT)
+def _index_axis1_serial(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
+    N, C, S = z.shape
+    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
+    R, per_chunk, chunks_per_n = _partition(N, C, S)
+    for ch in range(N * chunks_per_n):
+        _axis1_chunk(
+            ch,
+            R,
+            per_chunk,
+            chunks_per_n,
+            z,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            grad,
+            loss,
+            lse,
+            argmax,
+            entropy,
+        )

@@ -1,0 +1,484 @@
+"""Few classes (C <= SMALL_MAX_C): many positions per SIMD vector, for class-index targets.
+
+At C = 10 a row is shorter than one vector, so the row kernels of `_rows.py` spend their time on
+per-row overhead. Here the math of `_rows.index_row` (the formulas are in `_rows.py`'s docstring)
+runs on a *column block*: R positions laid out class-major, entry (c, r) at z[zo + c * zs + r], so
+every loop is over classes outside and positions inside, and LLVM vectorizes across positions:
+
+    m_r    = max_c z_cr                           (a NaN is skipped here and shows up in s_r)
+    e_cr   = exp(z_cr - m_r),  s_r = sum_c e_cr   (float32 sum for float32 logits)
+    lse_r  = m_r + ln s_r
+    loss_r = (1 - eps) w_y (lse_r - z_yr) + (eps / C) sum_c w_c (lse_r - z_cr) + w_y lam lse_r**2
+    g_cr   = k_r (alpha_r e_cr / s_r - (eps / C) w_c) - [c == y_r] k_r (1 - eps) w_y
+             alpha_r = (1 - eps) w_y + (eps / C) sum_c w_c + 2 lam w_y lse_r
+
+then times 1 - tanh(z / cap)**2 with a softcap. `column_block` is written once and used by two
+drivers: `index_rows_small` (row-major (P, C) logits: each block of R rows is transposed into a
+class-major scratch, computed there in place, and transposed back into the gradient) and
+`_axis1.index_axis1` ((N, C, S) logits, where class-major blocks are the input's own layout).
+
+Work is split into chunks of thousands of positions whose boundaries depend only on the shape, so
+every position is computed by the same instructions whatever the thread count: results are bit for
+bit the same on 1 or 2 threads. Probability targets keep the row kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._bits import JIT, float_from_sortable, magnitude_bits
+from ._rows import fast_exp, weight_sum, weights_nonnegative
+
+__all__ = ["SMALL_MAX_C", "block_positions", "column_block", "index_rows_small", "new_workspace", "small_classes"]
+
+SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
+CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work)
+
+
+def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
+    """Whether a class-index problem of (P, C) logits takes `index_rows_small`."""
+    return dtype in (np.float32, np.float64) and P > 0 and 0 < C <= SMALL_MAX_C
+
+
+@njit(**JIT)
+def block_positions(C):
+    """R, the positions of one column block: about 4096 logits, a multiple of 16 in [16, 256]."""
+    return max(16, min(256, (4096 // C) // 16 * 16))
+
+
+@njit(**JIT)
+def new_workspace(C, R, dtype_of):
+    """Scratch of one thread for blocks of up to R positions: (T, e, xc, vec, f64, yb, am, bad).
+
+    T holds a transposed block (row driver), e the exponentials, xc the soft-capped logits (all three
+    class-major, c * R + r); the rest are per position (vec: m, s, sc, bk, fx, dy in
+    the logits' dtype; f64: zy, wy, wz, ez, ls)."""
+    dt = dtype_of.dtype
+    vec = np.empty((6, R), dt)  # m, s, sc, bk, fx, dy
+    f64 = np.empty((6, R))  # zy, wy, wz, ez, ls, (spare)
+    return (
+        np.empty(C * R, dt),
+        np.empty(C * R, dt),
+        np.empty(C * R, dt),
+        vec,
+        f64,
+        np.empty(R, np.int64),
+        np.empty(R, np.int64),
+        np.empty(R, np.bool_),
+    )
+
+
+@njit(**JIT)
+def column_block(
+    C,
+    R,
+    z,
+    zo,
+    zs,
+    p0,
+    target,
+    weight,
+    wsum,
+    wpos,
+    eps,
+    lam,
+    cap,
+    ignore_index,
+    coef,
+    want_grad,
+    grad,
+    go,
+    gs,
+    loss,
+    lse,
+    want_stats,
+    argmax,
+    entropy,
+    ws,
+):
+    """Loss (and gradient, statistics) of R positions p0 .. p0 + R - 1 in class-major layout.
+
+    z and grad are flat arrays: logit (c, r) is z[zo + c * zs + r], its gradient grad[go + c * gs + r]
+    (grad may be z itself: every logit of the block is read before any gradient is written).
+    target, coef, loss, lse, argmax and entropy are indexed by position p0 + r.
+    """
+    xc = ws[2]
+    if cap > 0.0:  # zc = cap * tanh(z / cap)  (Gemma 2 soft-capping), into xc (class-major, stride R)
+        for c in range(C):
+            for r in range(R):
+                xc[c * R + r] = cap * math.tanh(z[zo + c * zs + r] / cap)
+        _block_math(
+            C,
+            R,
+            xc,
+            0,
+            R,
+            p0,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ignore_index,
+            coef,
+            want_grad,
+            grad,
+            go,
+            gs,
+            loss,
+            lse,
+            want_stats,
+            argmax,
+            entropy,
+            ws,
+        )
+    else:
+        _block_math(
+            C,
+            R,
+            z,
+            zo,
+            zs,
+            p0,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ignore_index,
+            coef,
+            want_grad,
+            grad,
+            go,
+            gs,
+            loss,
+            lse,
+            want_stats,
+            argmax,
+            entropy,
+            ws,
+        )
+
+
+@njit(**JIT)
+def _block_math(
+    C,
+    R,
+    src,
+    so,
+    ss,
+    p0,
+    target,
+    weight,
+    wsum,
+    wpos,
+    eps,
+    lam,
+    cap,
+    ignore_index,
+    coef,
+    want_grad,
+    grad,
+    go,
+    gs,
+    loss,
+    lse,
+    want_stats,
+    argmax,
+    entropy,
+    ws,
+):
+    """`column_block` on the (soft-capped) logits src.
+
+    Indices are unsigned (`_u`): numba then emits no negative-index wraparound, and LLVM vectorizes
+    every inner loop over positions r with plain vector loads and stores (no gathers, no views, whose
+    reference counts would be atomic operations on arrays shared between threads).
+    """
+    _, e, xc, vec, f64, yb, am, bad = ws
+    m, s, sc, bk, fx, dy = vec[0], vec[1], vec[2], vec[3], vec[4], vec[5]
+    zy, wy, wz, ez, ls = f64[0], f64[1], f64[2], f64[3], f64[4]
+    Cu, Ru, Rn, so, ss, p0, go, gs = _u(C), _u(R), R, _u(so), _u(ss), _u(p0), _u(go), _u(gs)
+    dt = src.dtype.type
+    weighted = weight.shape[0] == C
+    smooth = eps / C
+    for r in range(Ru):
+        y = target[p0 + r]
+        yb[r] = y if y != ignore_index else -1  # -1: ignored
+        m[r] = -np.inf
+        s[r] = 0
+        zy[r] = 0.0
+        wy[r] = 1.0
+        wz[r] = 0.0
+    # m_r = max_c z_cr; z_yr and w_y picked on the way (no gather)
+    for c in range(Cu):
+        o = so + c * ss
+        ci = np.int64(c)
+        wc = weight[c] if weighted else 1.0
+        for r in range(Ru):
+            v = src[o + r]
+            m[r] = v if v > m[r] else m[r]
+            hit = yb[r] == ci
+            zy[r] = np.float64(v) if hit else zy[r]
+            wy[r] = wc if hit else wy[r]
+    # e_cr = exp(z_cr - m_r),  s_r = sum_c e_cr  (NaN for a row holding a NaN, a +inf or only -inf)
+    for c in range(Cu):
+        o = so + c * ss
+        eo = c * Ru
+        for r in range(Ru):
+            v = fast_exp(src[o + r] - m[r])
+            e[eo + r] = v
+            s[r] += v
+    if smooth > 0.0:  # wz_r = sum_c w_c z_cr, for the smoothing term
+        for c in range(Cu):
+            o = so + c * ss
+            wc = weight[c] if weighted else 1.0
+            for r in range(Ru):
+                wz[r] += wc * src[o + r]
+    if want_stats:  # ez_r = sum_c e_cr z_cr (entropy), am_r = first c with z_cr = m_r (argmax)
+        for r in range(Ru):
+            ez[r] = 0.0
+            am[r] = C
+        for c in range(Cu):
+            o = so + c * ss
+            eo = c * Ru
+            ci = np.int64(c)
+            for r in range(Ru):
+                v = src[o + r]
+                ev = e[eo + r]
+                ez[r] += ev * v if ev > 0 else 0.0
+                am[r] = ci if v == m[r] and am[r] == C else am[r]
+    # per position: lse and loss (branch-free: it vectorizes); positions with a NaN sum are redone below
+    nbad = 0
+    for r in range(Ru):
+        keep = yb[r] >= 0
+        sr = np.float64(s[r])
+        isbad = not sr == sr
+        bad[r] = isbad
+        nbad += isbad
+        l_se = np.float64(m[r]) + ln_at_least_1(sr)  # s >= 1: its largest term is exp(0) = 1
+        ls[r] = l_se
+        lse[p0 + r] = l_se if keep or want_stats else np.nan
+        w_y = wy[r]
+        # l = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
+        ll = (1.0 - eps) * w_y * (l_se - zy[r]) + w_y * lam * l_se * l_se
+        term = wsum * l_se - wz[r]  # >= 0 without negative weights, up to rounding
+        ll += smooth * (max(term, 0.0) if wpos else term)
+        loss[p0 + r] = ll if keep else 0.0
+    if want_stats:
+        for r in range(Ru):
+            entropy[p0 + r] = ls[r] - ez[r] / s[r]
+            argmax[p0 + r] = am[r]
+    if nbad > 0:
+        _nan_rows(C, Rn, src, so, ss, p0, target, ignore_index, m, lse, loss, want_stats, argmax, entropy, am, bad)
+    if not want_grad:
+        return
+    # g_cr = sc_r e_cr - bk_r w_c - [c == y_r] fx_r, all 0 for an ignored position
+    for r in range(Ru):
+        keep = yb[r] >= 0
+        k = coef[p0 + r] if keep else 0.0
+        w_y = wy[r]
+        alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * ls[r]
+        sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s
+        bk[r] = dt(k * smooth)
+        fx[r] = dt(k * (1.0 - eps) * w_y)
+        t = zy[r] / cap if cap > 0.0 else 0.0
+        dy[r] = dt(1.0 - t * t)  # the softcap's derivative at the target
+    for c in range(Cu):
+        o = go + c * gs
+        eo = c * Ru
+        ci = np.int64(c)
+        wc = dt(weight[c]) if weighted else dt(1.0)
+        if cap > 0.0:  # times 1 - tanh(z / cap)^2
+            inv = dt(1.0 / cap)
+            for r in range(Ru):
+                t = xc[eo + r] * inv
+                hit = fx[r] if yb[r] == ci else dt(0.0)
+                grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
+        else:
+            for r in range(Ru):
+                hit = fx[r] if yb[r] == ci else dt(0.0)
+                grad[o + r] = e[eo + r] * sc[r] - bk[r] * wc - hit
+    if nbad > 0:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
+        for r in range(Ru):
+            if bad[r]:
+                fill = 0.0 if yb[r] < 0 else np.nan
+                for c in range(Cu):
+                    grad[go + c * gs + r] = fill
+
+
+@njit(inline="always", **JIT)
+def _u(i):
+    """An index as uint64 (no wraparound code; every index here is >= 0)."""
+    return np.uint64(i)
+
+
+_LN2 = 0.6931471805599453
+_SQRT2 = 1.4142135623730951
+
+
+@njit(inline="always", **JIT)
+def ln_at_least_1(x):
+    """ln x for a finite float64 x >= 1, in plain arithmetic and bit casts so that loops vectorize.
+
+    x = 2**k f with f in [sqrt(1/2), sqrt(2)), ln f = 2 atanh(u) = 2 (u + u**3/3 + ... + u**15/15),
+    u = (f - 1) / (f + 1), |u| <= 0.172: the first omitted term is below 2e-14 of ln f.
+    """
+    i = magnitude_bits(x)
+    k = (i >> 52) - 1023
+    f = float_from_sortable(x, (i & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # in [1, 2)
+    big = f > _SQRT2
+    f = f * 0.5 if big else f
+    k = k + 1 if big else k
+    u = (f - 1.0) / (f + 1.0)
+    u2 = u * u
+    q = (((((u2 / 15.0 + 1.0 / 13.0) * u2 + 1.0 / 11.0) * u2 + 1.0 / 9.0) * u2 + 1.0 / 7.0) * u2 + 0.2) * u2 + 1.0 / 3.0
+    return k * _LN2 + 2.0 * u * (1.0 + u2 * q)
+
+
+@njit(**JIT)
+def _nan_rows(C, R, src, so, ss, p0, target, ignore_index, m, lse, loss, want_stats, argmax, entropy, am, bad):
+    """The positions whose exp sum is NaN (a NaN or +inf logit, or only -inf): loss NaN (0 if ignored);
+    lse the NaN-aware max (NaN if any logit is, else +inf or -inf); argmax the first NaN, else the max."""
+    for r in range(R):
+        if not bad[r]:
+            continue
+        p = p0 + r
+        ignored = target[p] == ignore_index
+        first_nan = -1
+        for c in range(C):
+            v = src[so + c * ss + r]
+            if v != v:
+                first_nan = c
+                break
+        lse[p] = np.nan if first_nan >= 0 or (ignored and not want_stats) else m[r]
+        loss[p] = 0.0 if ignored else np.nan
+        if want_stats:
+            entropy[p] = np.nan
+            argmax[p] = first_nan if first_nan >= 0 else am[r]
+
+
+def index_rows_small(
+    parallel: bool, z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy
+) -> None:
+    """`_kernels.index_rows` for (P, C) logits with C <= SMALL_MAX_C, same array contract; on the
+    thread pool if `parallel`."""
+    run = _index_rows_small if parallel else _index_rows_small_serial
+    run(z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy)
+
+
+@njit(**JIT)
+def _rows_chunk(
+    ch, rows_per_chunk, R, z, target, weight, wsum, wpos, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy
+):
+    """Rows [ch * rows_per_chunk, ...) in blocks of R: transpose in, `column_block` in place, transpose out."""
+    P, C = z.shape
+    want_grad = grad.shape[0] == P
+    want_stats = entropy.shape[0] == P
+    ws = new_workspace(C, R, z)
+    T = ws[0]
+    for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
+        nr = min(R, P - b0)
+        for r in range(nr):  # T[c, r] = z[b0 + r, c]   (class-major, stride nr)
+            for c in range(C):
+                T[c * nr + r] = z[b0 + r, c]
+        column_block(
+            C,
+            nr,
+            T,
+            0,
+            nr,
+            b0,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            want_grad,
+            T,
+            0,
+            nr,
+            loss,
+            lse,
+            want_stats,
+            argmax,
+            entropy,
+            ws,
+        )
+        if want_grad:
+            for r in range(nr):
+                for c in range(C):
+                    grad[b0 + r, c] = T[c * nr + r]
+
+
+@njit(inline="always", **JIT)
+def _rows_partition(P, C):
+    R = block_positions(C)
+    rows_per_chunk = max(1, CHUNK_LOGITS // (C * R)) * R
+    return R, rows_per_chunk, (P + rows_per_chunk - 1) // rows_per_chunk
+
+
+@njit(parallel=True, **JIT)
+def _index_rows_small(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
+    P, C = z.shape
+    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
+    R, rows_per_chunk, chunks = _rows_partition(P, C)
+    for ch in prange(chunks):
+        _rows_chunk(
+            ch,
+            rows_per_chunk,
+            R,
+            z,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            grad,
+            loss,
+            lse,
+            argmax,
+            entropy,
+        )
+
+
+@njit(**JIT)
+def _index_rows_small_serial(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
+    P, C = z.shape
+    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
+    R, rows_per_chunk, chunks = _rows_partition(P, C)
+    for ch in range(chunks):
+        _rows_chunk(
+            ch,
+            rows_per_chunk,
+            R,
+            z,
+            target,
+            weight,
+            wsum,
+            wpos,
+            eps,
+            lam,
+            cap,
+            ii,
+            coef,
+            grad,
+            loss,
+            lse,
+            argmax,
+            entropy,
+        )

@@ -1,0 +1,183 @@
+"""The few-classes kernel (`_small.index_rows_small`): against the float64 reference at odd class
+counts and batch sizes (not multiples of a block), every option, special values, statistics, the
+gradient written in place of the logits, inputs left alone, and 1 vs 2 threads bit for bit."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import softmaxce
+from reference import reference_cross_entropy, reference_stats
+from softmaxce import _small, _threads
+
+CLASSES = [1, 2, 3, 7, 10, 17, 100, 128]
+OPTIONS = {
+    "plain": {},
+    "ignore-weight": {"ignore_index": 1, "weight": "w"},
+    "smooth": {"label_smoothing": 0.2},
+    "smooth-weight": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 0},
+    "zloss": {"z_loss": 1e-3},
+    "softcap": {"softcap": 5.0},
+    "everything": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 2, "z_loss": 1e-3, "softcap": 4.0},
+}
+# float32: the row's exp sum is a float32 sum (as in every float32 kernel), about 1e-7 absolute on ln s
+TOL = {np.float32: dict(loss=1e-6, grad=1e-6), np.float64: dict(loss=1e-12, grad=1e-13)}
+
+
+def run_small(
+    logits,
+    target,
+    *,
+    weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    grad_output=None,
+    stats=False,
+    parallel=True,
+    grad="new",
+):
+    """The kernel as the engine calls it, for reduction="none": returns (loss, grad, lse, argmax, entropy)."""
+    P, C = logits.shape
+    w = np.empty(0) if weight is None else np.asarray(weight, np.float64)
+    coef = np.ones(P) if grad_output is None else np.asarray(grad_output, np.float64)
+    g = {"new": np.empty_like(logits), "none": np.empty((0, C), logits.dtype), "inplace": logits}[grad]
+    loss, lse = np.empty(P), np.empty(P)
+    argmax, entropy = np.empty(P if stats else 0, np.int64), np.empty(P if stats else 0)
+    t = np.asarray(target, np.int64)
+    with _threads.kernel_region(parallel):
+        _small.index_rows_small(
+            parallel,
+            logits,
+            t,
+            w,
+            label_smoothing,
+            z_loss,
+            softcap or 0.0,
+            ignore_index,
+            coef,
+            g,
+            loss,
+            lse,
+            argmax,
+            entropy,
+        )
+    return loss, (None if grad == "none" else g), lse, argmax, entropy
+
+
+def _problem(rng, P, C, dtype, scale=3.0):
+    return (scale * rng.standard_normal((P, C))).astype(dtype), rng.integers(0, C, P)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", CLASSES)
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_matches_reference(rng, dtype, C, name):
+    P = 301  # not a multiple of any block size
+    logits, target = _problem(rng, P, C, dtype)
+    opts = dict(OPTIONS[name])
+    if opts.get("weight") == "w":
+        opts["weight"] = rng.uniform(0.5, 2.0, C)
+    if "ignore_index" in opts:
+        opts["ignore_index"] = min(opts["ignore_index"], C - 1)
+        target[::5] = opts["ignore_index"]
+    go = rng.uniform(-1.0, 2.0, P)
+    before = logits.copy(), target.copy()
+    loss, grad, lse, _, _ = run_small(logits, target, grad_output=go, **opts)
+    assert_array_equal(logits, before[0])  # inputs are never modified
+    assert_array_equal(target, before[1])
+    ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none", grad_output=go, **opts)
+    tol = TOL[dtype]
+    assert_allclose(loss, ref_loss, rtol=tol["loss"], atol=tol["loss"])
+    assert_allclose(grad, ref_grad, rtol=0, atol=tol["grad"])
+    kept = target != opts.get("ignore_index", -100)
+    ref_lse = reference_stats(logits, softcap=opts.get("softcap"))[0]
+    assert_allclose(lse[kept], ref_lse[kept], rtol=tol["loss"], atol=tol["loss"])
+    assert np.isnan(lse[~kept]).all()  # as the row kernels: no lse for ignored positions without statistics
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", [3, 10, 100])
+def test_statistics(rng, dtype, C):
+    logits, target = _problem(rng, 77, C, dtype)
+    target[3] = -100  # statistics are computed for ignored positions too
+    logits[5, :] = logits[5, 0]  # ties: argmax is the first
+    _, _, lse, argmax, entropy = run_small(logits, target, stats=True, softcap=6.0)
+    ref_lse, ref_argmax, ref_entropy = reference_stats(logits, softcap=6.0)
+    assert_allclose(lse, ref_lse, rtol=1e-6, atol=1e-6)
+    assert_array_equal(argmax, ref_argmax)
+    assert_allclose(entropy, ref_entropy, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_special_values(rng, dtype):
+    C = 3
+    logits, target = _problem(rng, 40, C, dtype)
+    logits[0], target[0] = [1000.0, 0.0, -1000.0], 0  # exact: loss 0
+    logits[1], target[1] = [1000.0, 0.0, -1000.0], 2  # exact: loss 2000
+    logits[2, 1] = np.nan
+    logits[3, 2] = -np.nan  # a NaN with the sign bit set
+    logits[4, 0] = np.inf  # +inf: NaN
+    logits[5, :] = -np.inf  # only -inf: NaN
+    logits[6], target[6] = [-np.inf, 1.0, 2.0], 1  # -inf off the target contributes 0
+    logits[7], target[7] = [-np.inf, 1.0, 2.0], 0  # -inf on the target: +inf
+    logits[8, 0], target[8] = np.nan, -100  # ignored: 0 whatever the logits
+    with np.errstate(invalid="ignore"):
+        loss, grad, lse, argmax, _ = run_small(logits, target, stats=True)
+    assert loss[0] == 0.0 and loss[1] == 2000.0
+    assert_array_equal(grad[0], [0.0, 0.0, 0.0])
+    assert_array_equal(grad[1], [1.0, 0.0, -1.0])
+    for n in (2, 3, 4, 5):
+        assert np.isnan(loss[n]) and np.isnan(grad[n]).all()
+    assert np.isnan(lse[2]) and np.isnan(lse[3]) and lse[4] == np.inf and lse[5] == -np.inf
+    assert argmax[2] == 1 and argmax[3] == 2 and argmax[4] == 0
+    ref_loss, ref_grad = reference_cross_entropy(logits[6:7], target[6:7], reduction="none")
+    assert_allclose(loss[6], ref_loss[0], rtol=1e-6)
+    assert grad[6, 0] == 0.0
+    assert_allclose(grad[6], ref_grad[0], rtol=0, atol=1e-6)
+    assert loss[7] == np.inf and grad[7, 0] == -1.0
+    assert loss[8] == 0.0 and not grad[8].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", [2, 10, 100])
+def test_one_and_two_threads_bit_identical(rng, dtype, C):
+    logits, target = _problem(rng, 50_000 // C * 3 + 7, C, dtype)
+    target[::9] = -100
+    opts = dict(label_smoothing=0.1, z_loss=1e-4, weight=rng.uniform(0.5, 2.0, C), grad_output=rng.random(len(target)))
+    before = softmaxce.get_num_threads()
+    try:
+        softmaxce.set_num_threads(1)
+        one = run_small(logits, target, stats=True, parallel=False, **opts)
+        softmaxce.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = run_small(logits, target, stats=True, parallel=True, **opts)
+    finally:
+        softmaxce.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("C", [3, 17])
+def test_gradient_in_place_and_loss_only(rng, C):
+    logits, target = _problem(rng, 333, C, np.float32)
+    target[::4] = 1
+    opts = dict(ignore_index=1, softcap=3.0, label_smoothing=0.05)
+    loss, grad, *_ = run_small(logits, target, **opts)
+    alias = logits.copy()
+    loss2, grad2, *_ = run_small(alias, target, grad="inplace", **opts)
+    assert grad2 is alias
+    assert_array_equal(grad2, grad)
+    assert_array_equal(loss2, loss)
+    loss3, *_ = run_small(logits, target, grad="none", **opts)
+    assert_array_equal(loss3, loss)
+
+
+def test_small_classes_predicate():
+    assert _small.small_classes(np.dtype(np.float32), 10, 10)
+    assert _small.small_classes(np.dtype(np.float64), 10, _small.SMALL_MAX_C)
+    assert not _small.small_classes(np.dtype(np.float32), 10, _small.SMALL_MAX_C + 1)
+    assert not _small.small_classes(np.dtype(np.float32), 0, 10)
