@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _axis1, _kernels, _resources, _sparse_rows, _threads
+from . import _axis1, _half, _kernels, _resources, _sparse_rows, _threads
 from ._options import CEOptions
 from ._results import CrossEntropyResult
 from ._sparse import SparseRows, SparseTarget, is_sparse_target, sparse_rows
@@ -174,9 +174,12 @@ def run_rows(
     coef: np.ndarray | None,
     grad: np.ndarray | None,
     want_stats: bool,
+    half: str | None = None,
 ) -> RowOutputs:
     """Runs the row kernel on (P, C) logits, or on (N, C, S) class-axis-1 logits read in place (P = N S,
-    class-index targets); writes the gradient, in the logits' layout, into `grad` (may be `logits`)."""
+    class-index targets); writes the gradient, in the logits' layout, into `grad` (may be `logits`).
+    With `half` ("bfloat16" or "float16") the logits and the gradient are (P, C) 16-bit patterns
+    (uint16 or float16 arrays), read and written as such by `_half`'s kernels, computed in float32."""
     axis1 = logits.ndim == 3
     P = logits.shape[0] * logits.shape[2] if axis1 else logits.shape[0]
     loss = np.empty(P)
@@ -190,7 +193,16 @@ def run_rows(
     # Small problems run serially: waking the thread pool costs more than their work.
     parallel = logits.size >= PARALLEL_MIN_SIZE and _threads.parallel_allowed()
     with _threads.kernel_region(parallel):
-        if isinstance(target, SparseRows):
+        if half is not None:
+            bits, gbits = logits.view(np.uint16), g.view(np.uint16)
+            if probability:
+                run = _half.probability_rows_half
+                run(parallel, half, bits, target, weight, eps, lam, cap, k, gbits, loss, lse, argmax, entropy)
+            else:
+                ii = options.ignore_index
+                run = _half.index_rows_half
+                run(parallel, half, bits, target, weight, eps, lam, cap, ii, k, gbits, loss, lse, argmax, entropy)
+        elif isinstance(target, SparseRows):
             t = target
             _sparse_rows.sparse_rows(
                 parallel, logits, t.indptr, t.indices, t.values, weight, eps, lam, cap, k, g, loss, lse, argmax, entropy
@@ -239,28 +251,33 @@ def forward_logits(
     N = logits.shape[0] if logits.ndim > 2 else 0
     axis1 = N > 0 and not layout.probability and not layout.sparse and _axis1.axis1_applies(dtype, N, C, P // N)
     in_place = logits.ndim <= 2 or axis1
+    # float16 rows are read and their gradient written in float16 by the 16-bit kernels (no float32 copy)
+    half = logits.dtype == np.float16 and logits.ndim <= 2 and not layout.sparse
+    store = np.dtype(np.float16) if half else dtype  # what the kernel reads and writes
     # what this call allocates beyond the caller's arrays, checked before any work
-    itemsize = np.dtype(dtype).itemsize
-    copies = 0 if logits.dtype == dtype and logits.flags.c_contiguous and in_place else P * C * itemsize
+    itemsize = store.itemsize
+    copies = 0 if logits.dtype == store and logits.flags.c_contiguous and in_place else P * C * itemsize
     _resources.check_memory(copies + (P * C * itemsize if want_grad and out is None else 0) + 40 * P, "cross_entropy")
     if axis1:
         rows = kernel_array(logits.reshape(N, C, P // N), dtype)  # (N, C, S): a view when contiguous
     else:
-        rows = logits_rows(logits, layout, dtype)  # (P, C): a view when logits are contiguous
+        rows = logits_rows(logits, layout, store)  # (P, C): a view when logits are contiguous
     coef = grad_rows = None
     direct = False  # the kernel writes the gradient straight into `out`
     if want_grad:
         coef = row_coefficients(options.reduction, normalizer, grad_output, layout.positions_shape, P)
         if out is not None:
             _check_out(out, logits)
-            direct = in_place and out.dtype == dtype and out.flags.c_contiguous
+            direct = in_place and out.dtype == store and out.flags.c_contiguous
         if direct:
             grad_rows = out.reshape(rows.shape)
             if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
                 rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
         else:
-            grad_rows = np.empty(rows.shape, dtype=dtype)
-    result = run_rows(rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats)
+            grad_rows = np.empty(rows.shape, dtype=store)
+    result = run_rows(
+        rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats, "float16" if half else None
+    )
     loss = reduce_loss(result.loss, options.reduction, normalizer, layout.positions_shape, logits.dtype)
     grad = None
     if direct:

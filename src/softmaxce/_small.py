@@ -32,7 +32,11 @@ from numba import njit, prange
 from ._bits import JIT, float_from_sortable, magnitude_bits
 from ._rows import fast_exp, weight_sum, weights_nonnegative
 
-__all__ = ["SMALL_MAX_C", "block_positions", "column_block", "index_rows_small", "new_workspace", "small_classes"]
+__all__ = [
+    "SMALL_MAX_C",
+    "block_positions",
+    "block_task",
+    "column_block", "index_rows_small", "new_workspace", "small_classes"]
 
 SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
 CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work)
@@ -72,135 +76,42 @@ def new_workspace(C, R, dtype_of):
 
 
 @njit(**JIT)
-def column_block(
-    C,
-    R,
-    z,
-    zo,
-    zs,
-    p0,
-    target,
-    weight,
-    wsum,
-    wpos,
-    eps,
-    lam,
-    cap,
-    ignore_index,
-    coef,
-    want_grad,
-    grad,
-    go,
-    gs,
-    loss,
-    lse,
-    want_stats,
-    argmax,
-    entropy,
-    ws,
-):
+def column_block(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws):
     """Loss (and gradient, statistics) of R positions p0 .. p0 + R - 1 in class-major layout.
 
     z and grad are flat arrays: logit (c, r) is z[zo + c * zs + r], its gradient grad[go + c * gs + r]
     (grad may be z itself: every logit of the block is read before any gradient is written).
-    target, coef, loss, lse, argmax and entropy are indexed by position p0 + r.
+    task (`block_task`: target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef) and outs (loss,
+    lse, argmax, entropy) hold the per-position arrays, indexed by position p0 + r.
     """
     xc = ws[2]
+    cap = task[6]
     if cap > 0.0:  # zc = cap * tanh(z / cap)  (Gemma 2 soft-capping), into xc (class-major, stride R)
         for c in range(C):
             for r in range(R):
                 xc[c * R + r] = cap * math.tanh(z[zo + c * zs + r] / cap)
-        _block_math(
-            C,
-            R,
-            xc,
-            0,
-            R,
-            p0,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ignore_index,
-            coef,
-            want_grad,
-            grad,
-            go,
-            gs,
-            loss,
-            lse,
-            want_stats,
-            argmax,
-            entropy,
-            ws,
-        )
+        _block_math(C, R, xc, 0, R, p0, task, want_grad, grad, go, gs, outs, want_stats, ws)
     else:
-        _block_math(
-            C,
-            R,
-            z,
-            zo,
-            zs,
-            p0,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ignore_index,
-            coef,
-            want_grad,
-            grad,
-            go,
-            gs,
-            loss,
-            lse,
-            want_stats,
-            argmax,
-            entropy,
-            ws,
-        )
+        _block_math(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws)
+
+
+@njit(inline="always", **JIT)
+def block_task(C, target, weight, eps, lam, cap, ignore_index, coef):
+    """`column_block`'s task: the targets, options and upstream coefficients of a (P, C) problem, with the
+    class weights' sum and sign (`_rows.weight_sum`, `_rows.weights_nonnegative`) worked out once."""
+    return (target, weight, weight_sum(weight, C), weights_nonnegative(weight), eps, lam, cap, ignore_index, coef)
 
 
 @njit(**JIT)
-def _block_math(
-    C,
-    R,
-    src,
-    so,
-    ss,
-    p0,
-    target,
-    weight,
-    wsum,
-    wpos,
-    eps,
-    lam,
-    cap,
-    ignore_index,
-    coef,
-    want_grad,
-    grad,
-    go,
-    gs,
-    loss,
-    lse,
-    want_stats,
-    argmax,
-    entropy,
-    ws,
-):
+def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want_stats, ws):
     """`column_block` on the (soft-capped) logits src.
 
     Indices are unsigned (`_u`): numba then emits no negative-index wraparound, and LLVM vectorizes
     every inner loop over positions r with plain vector loads and stores (no gathers, no views, whose
     reference counts would be atomic operations on arrays shared between threads).
     """
+    target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
+    loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
     m, s, sc, bk, fx, dy = vec[0], vec[1], vec[2], vec[3], vec[4], vec[5]
     zy, wy, wz, ez, ls = f64[0], f64[1], f64[2], f64[3], f64[4]
@@ -374,13 +285,14 @@ def index_rows_small(
 
 
 @njit(**JIT)
-def _rows_chunk(
-    ch, rows_per_chunk, R, z, target, weight, wsum, wpos, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy
-):
+def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     """Rows [ch * rows_per_chunk, ...) in blocks of R: transpose in, `column_block` in place, transpose out."""
     P, C = z.shape
+    R, rows_per_chunk = _rows_partition(C)
     want_grad = grad.shape[0] == P
     want_stats = entropy.shape[0] == P
+    task = block_task(C, target, weight, eps, lam, cap, ii, coef)
+    outs = (loss, lse, argmax, entropy)
     ws = new_workspace(C, R, z)
     T = ws[0]
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
@@ -388,33 +300,7 @@ def _rows_chunk(
         for r in range(nr):  # T[c, r] = z[b0 + r, c]   (class-major, stride nr)
             for c in range(C):
                 T[c * nr + r] = z[b0 + r, c]
-        column_block(
-            C,
-            nr,
-            T,
-            0,
-            nr,
-            b0,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            want_grad,
-            T,
-            0,
-            nr,
-            loss,
-            lse,
-            want_stats,
-            argmax,
-            entropy,
-            ws,
-        )
+        column_block(C, nr, T, 0, nr, b0, task, want_grad, T, 0, nr, outs, want_stats, ws)
         if want_grad:
             for r in range(nr):
                 for c in range(C):
@@ -422,63 +308,26 @@ def _rows_chunk(
 
 
 @njit(inline="always", **JIT)
-def _rows_partition(P, C):
+def _rows_partition(C):
+    """(R, rows per chunk): blocks of R rows, chunks of about CHUNK_LOGITS logits (a whole number of blocks)."""
     R = block_positions(C)
-    rows_per_chunk = max(1, CHUNK_LOGITS // (C * R)) * R
-    return R, rows_per_chunk, (P + rows_per_chunk - 1) // rows_per_chunk
+    return R, max(1, CHUNK_LOGITS // (C * R)) * R
+
+
+@njit(inline="always", **JIT)
+def _rows_chunks(P, C):
+    """The number of chunks of `_rows_chunk` for (P, C) logits."""
+    rows_per_chunk = _rows_partition(C)[1]
+    return (P + rows_per_chunk - 1) // rows_per_chunk
 
 
 @njit(parallel=True, **JIT)
 def _index_rows_small(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
-    P, C = z.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    R, rows_per_chunk, chunks = _rows_partition(P, C)
-    for ch in prange(chunks):
-        _rows_chunk(
-            ch,
-            rows_per_chunk,
-            R,
-            z,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            grad,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+    for ch in prange(_rows_chunks(z.shape[0], z.shape[1])):
+        _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)
 
 
 @njit(**JIT)
 def _index_rows_small_serial(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
-    P, C = z.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    R, rows_per_chunk, chunks = _rows_partition(P, C)
-    for ch in range(chunks):
-        _rows_chunk(
-            ch,
-            rows_per_chunk,
-            R,
-            z,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            grad,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+    for ch in range(_rows_chunks(z.shape[0], z.shape[1])):
+        _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)

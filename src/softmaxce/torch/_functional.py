@@ -3,6 +3,8 @@
 Same signatures as PyTorch 2.13 plus the keyword-only extensions z_loss and softcap; same results,
 gradients and errors (exception type and message) wherever PyTorch defines them. The functions
 validate on metadata only, reshape to row form (class axis last) and call the custom ops in `_ops.py`.
+Both take a sparse target too (`softmaxce.SparseTarget`, a torch sparse CSR or scipy.sparse matrix;
+`_sparse_targets.py`), handed to the ops as (P, K) indices and values, never as a dense target.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from torch import Tensor
 from torch.nn import LinearCrossEntropyOptions
 
 from .._options import CEOptions, OptionError
+from .._sparse import SparseTarget
 from .._validation import BatchSizeError, Layout, check_layout
-from . import _dtypes, _ops, _triton
+from . import _dtypes, _ops, _sparse_targets, _triton
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -54,10 +57,12 @@ def _validate(
 BACKENDS = (None, "triton", "torch")
 
 
-def _check_backend(backend: str | None, t: Tensor) -> None:
+def _check_backend(backend: str | None, t: Tensor, sparse: bool = False) -> None:
     """A valid backend; for "triton", one that can run t (else a clear error now, at call time)."""
     if backend not in BACKENDS:
         raise ValueError(f"{backend!r} is not a valid backend: use 'triton', 'torch' or None")
+    if backend == "triton" and sparse:
+        raise ValueError("backend='triton' does not take sparse targets: use backend=None or 'torch'")
     if backend == "triton":
         _triton.check(t.device, t.dtype)
 
@@ -68,9 +73,11 @@ def _autocast_on(t: Tensor) -> bool:
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
-def _float32(t: Tensor | None) -> Tensor | None:
-    """Autocast's float32 policy: floating tensors other than float64 become float32."""
-    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+def _float32(t):
+    """Autocast's float32 policy: floating tensors (a sparse target's values) other than float64 become float32."""
+    if isinstance(t, SparseTarget):
+        return SparseTarget(t.indices, _float32(t.values))
+    if t is None or not isinstance(t, Tensor) or not t.is_floating_point() or t.dtype == torch.float64:
         return t
     return t.float()
 
@@ -99,8 +106,11 @@ def cross_entropy(
 
     Args:
         input: (C), (N, C) or (N, C, d1, ..., dk) logits; any float dtype, any device.
-        target: class indices ((), (N) or (N, d1, ..., dk), integer) or class probabilities
-            (input's shape, floating).
+        target: class indices ((), (N) or (N, d1, ..., dk), integer), class probabilities
+            (input's shape, floating), or a sparse probability target: `softmaxce.SparseTarget`
+            (indices, values), each (*positions, K) (positions: (), (N) or (N, d1, ..., dk)), or a
+            torch sparse CSR / scipy.sparse (positions, C) matrix (SEMANTICS.md, "Sparse targets";
+            never densified; gradients flow to its values).
         weight: optional (C,) class weights.
         size_average, reduce: deprecated, as in PyTorch (they override `reduction`).
         ignore_index: class index whose positions are skipped (class-index targets).
@@ -144,6 +154,8 @@ def cross_entropy(
                 inplace_backward=inplace_backward,
             )
     options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+    if _sparse_targets.is_sparse(target):
+        return _sparse_cross_entropy(input, target, weight, options, backend, inplace_backward)
     layout = _validate(tuple(input.shape), input.dtype, target, weight, options)
     _check_backend(backend, input)
     if inplace_backward:
@@ -159,6 +171,28 @@ def cross_entropy(
         t = target.movedim(1, -1).reshape(-1, C) if layout.probability else target.reshape(-1)
     loss = _ops.cross_entropy_rows(z, t, weight, options, backend)
     if reduction == "none":
+        loss = loss.reshape(layout.positions_shape)
+    return loss
+
+
+def _sparse_cross_entropy(
+    input: Tensor, target, weight: Tensor | None, options: CEOptions, backend: str | None, inplace_backward: bool
+) -> Tensor:
+    """`cross_entropy` with a sparse target: (*positions, K) indices and values become (P, K) rows."""
+    indices, values, layout = _sparse_targets.prepare(
+        target, tuple(input.shape), input.dtype, input.device, weight, options
+    )
+    _check_backend(backend, input, sparse=True)
+    C, K = layout.num_classes, indices.shape[-1]
+    z = input.unsqueeze(0) if input.dim() == 1 else input
+    if input.dim() > 2:  # (N, C, d1..dk) -> (P, C) rows, class axis last
+        z = input.movedim(1, -1).reshape(-1, C)
+    P = layout.num_positions
+    idx, val = indices.reshape(P, K), values.reshape(P, K)
+    if inplace_backward:
+        return _ops.cross_entropy_inplace_backward(z, SparseTarget(idx, val), weight, options)
+    loss = _ops.cross_entropy_rows(z, idx, weight, options, backend, values=val)
+    if options.reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss
 
@@ -190,7 +224,10 @@ def linear_cross_entropy(
         input: (D) or (N, D) features.
         linear_weight: (C, D), or (C, d1, ..., dk, D) for a K-dimensional loss (computed, as in
             PyTorch, by forming the logits and calling `cross_entropy`).
-        target: class indices (N) / () or class probabilities (N, C) / (C).
+        target: class indices (N) / () or class probabilities (N, C) / (C), or a sparse target
+            (a `softmaxce.SparseTarget` with input's leading shape, or a (N, C) torch sparse CSR /
+            scipy.sparse matrix; as in `cross_entropy`). With a sparse target ignore_index must be
+            None, as for class probabilities.
         linear_bias: optional (C,) (or (C, d1, ..., dk)) bias.
         weight: optional (C,) class weights.
         reduction: "mean", "sum" or "none".
@@ -227,7 +264,8 @@ def linear_cross_entropy(
             f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}"
         )
     logits_shape = (*num_batches, num_classes, *out_features)
-    if tuple(target.shape) == logits_shape and ignore_index is not None:
+    sparse = _sparse_targets.is_sparse(target)
+    if (sparse or tuple(target.shape) == logits_shape) and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
     autocast = _autocast_on(input)
@@ -254,17 +292,27 @@ def linear_cross_entropy(
             backend=backend,
         )
     ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    _check_backend(backend, input)
-    layout = _validate(logits_shape, torch.promote_types(input.dtype, linear_weight.dtype), target, weight, ce_options)
-    if input.dim() == 1:
-        x = input.unsqueeze(0)
-        t = target.unsqueeze(0) if layout.probability else target.reshape(1)
+    _check_backend(backend, input, sparse)
+    logits_dtype = torch.promote_types(input.dtype, linear_weight.dtype)
+    x = input.unsqueeze(0) if input.dim() == 1 else input
+    values = None
+    if sparse:  # (*positions, K) indices and values -> (P, K) rows
+        indices, values, layout = _sparse_targets.prepare(
+            target, logits_shape, logits_dtype, input.device, weight, ce_options
+        )
+        P, K = layout.num_positions, indices.shape[-1]
+        t, values = indices.reshape(P, K), values.reshape(P, K)
     else:
-        x, t = input, target
+        layout = _validate(logits_shape, logits_dtype, target, weight, ce_options)
+        t = target
+        if input.dim() == 1:
+            t = target.unsqueeze(0) if layout.probability else target.reshape(1)
     chunk_size = getattr(options, "batch_chunk_size", None)
     # With options set, PyTorch's chunked path ignores autocast and computes in the inputs' dtypes.
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        loss = _ops.linear_cross_entropy_rows(x, linear_weight, t, linear_bias, weight, ce_options, chunk_size, backend)
+        loss = _ops.linear_cross_entropy_rows(
+            x, linear_weight, t, linear_bias, weight, ce_options, chunk_size, backend, values=values
+        )
     if reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss

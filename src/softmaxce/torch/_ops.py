@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _engine, _fused, _threads
+from .. import _engine, _fused, _half, _threads
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from .._validation import Layout
@@ -96,6 +96,10 @@ def _scale_saved(ctx, saved: list[Tensor | None], d_loss: Tensor) -> list[Tensor
 def _target(target: Tensor, values: Tensor | None) -> Tensor | SparseTarget:
     """The op's target: the tensor, or with `values` the sparse target's rows (indices, values)."""
     return target if values is None else SparseTarget(target, values)
+
+
+# 16-bit logits the NumPy engine's `_half` kernels read and write in their own format
+_HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _np_target(target: Tensor | SparseTarget):
@@ -154,31 +158,47 @@ def _ce_numpy(
     P, C = logits.shape
     sparse = isinstance(target, SparseTarget)
     probability = sparse or target.dim() == 2
+    half = _HALF.get(logits.dtype)  # bfloat16 / float16: read and written as 16-bit patterns
     dtype = np.dtype(np.float64) if logits.dtype == torch.float64 else np.dtype(np.float32)
     layout = Layout(C, 1, (P,), probability, sparse)
-    rows = _engine.logits_rows(_np(logits), layout, dtype)  # a view for contiguous logits
+    if half:
+        rows = logits.detach().contiguous().view(torch.uint16).numpy()  # no float32 copy
+        t_np = _np(target.float() if probability and target.dtype == torch.bfloat16 else target)  # NumPy has no bf16
+    else:
+        rows = _engine.logits_rows(_np(logits), layout, dtype)  # a view for contiguous logits
+        t_np = _np_target(target)
     # a sparse target becomes SparseRows (every index checked against C), never a dense row
-    target_rows, w, norm = _engine.prepare_targets(layout, _np_target(target), _np64(weight), opts, dtype)
+    target_rows, w, norm = _engine.prepare_targets(layout, t_np, _np64(weight), opts, dtype)
     if opts.reduction != "mean":
         norm = 1.0
-    coef = grad = None
+    coef = grad = g_np = None
     if want_grad:
         coef = _engine.row_coefficients(opts.reduction, norm, _np64(grad_output), (P,), P)
-        grad = np.empty((P, C), dtype=dtype)
-    r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, grad, False)
+        if half:
+            grad = torch.from_numpy(_half.empty_bits((P, C))).view(logits.dtype)
+            g_np = grad.view(torch.uint16).numpy()
+        else:
+            g_np = np.empty((P, C), dtype=dtype)
+            grad = torch.from_numpy(g_np)
+    r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, g_np, False, half)
     if opts.reduction == "none":
-        loss = torch.from_numpy(r.loss.astype(dtype))
+        loss = torch.from_numpy(r.loss).to(logits.dtype)
     else:
         total = r.loss.sum()
         if opts.reduction == "mean":
             with np.errstate(divide="ignore", invalid="ignore"):
                 total = total / np.float64(norm)  # as PyTorch: 0/0 is NaN, x/0 is inf
         loss = torch.tensor(total, dtype=logits.dtype)
-    return loss, None if grad is None else torch.from_numpy(grad)
+    return loss, grad
 
 
 def _ce_chunked(
-    logits: Tensor, target: Tensor | SparseTarget, weight: Tensor | None, opts: CEOptions, want_grad: bool, grad_output: Tensor | None
+    logits: Tensor,
+    target: Tensor | SparseTarget,
+    weight: Tensor | None,
+    opts: CEOptions,
+    want_grad: bool,
+    grad_output: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
     acc = _chunked.acc_dtype(logits.dtype)
     norm, coef = _chunked.prepare(target, weight, opts, logits.shape[1], acc, want_grad, grad_output)
@@ -197,7 +217,8 @@ def _ce_impl(
 ) -> tuple[Tensor, Tensor | None]:
     if not isinstance(target, SparseTarget) and _use_triton(backend, logits):
         return _triton.cross_entropy_rows(logits, target, weight, opts, want_grad, grad_output)
-    if _numpy_path(logits) and backend != "torch":
+    half_ok = logits.device.type == "cpu" and logits.dtype in _HALF and not isinstance(target, SparseTarget)
+    if (_numpy_path(logits) or half_ok) and backend != "torch":
         with _threads.torch_threads():
             return _ce_numpy(logits, target, weight, opts, want_grad, grad_output)
     return _ce_chunked(logits, target, weight, opts, want_grad, grad_output)
@@ -316,9 +337,7 @@ def _ce_backward(ctx, d_loss, d_grad) -> tuple[Tensor | None, ...]:
         if ctx.precomputed:  # the forward computed dloss/dlogits with upstream 1
             g_logits = (_scale_saved(ctx, [grad], d_loss) or [None])[0]
         if g_logits is None:
-            g_logits = _ce_bwd(
-                logits, target, weight, d_loss, ignore_index, eps, lam, cap, reduction, backend, values
-            )
+            g_logits = _ce_bwd(logits, target, weight, d_loss, ignore_index, eps, lam, cap, reduction, backend, values)
     acc = _chunked.acc_dtype(logits.dtype)
     if values is not None and ctx.needs_input_grad[-1]:
         t = SparseTarget(target, values)

@@ -15,6 +15,16 @@ MAX it rescales them to the global max, and one SUM of a single stacked buffer g
 same global sums. The backward recomputes each chunk's logits, forms dL/dz from the saved global lse,
 and all-reduces only grad_x. The public checks live in `softmaxce.torch.distributed`; a chunk holds
 `_chunked.chunk_rows` rows (the `softmaxce._engine.CHUNK_BYTES` budget) unless the caller sets it.
+
+A sparse target (GLOBAL indices (P, K) and values (P, K), the same on every rank) takes the
+probability target's sums, assembled from the entries each rank owns (j = i - vocab_start in
+[0, Vs); the others are padding on that rank) and the smoothing over its own classes:
+
+    sum_c beta_c           = sum_r (1 - eps) sum_{k owned} w_{i_k} v_k            + (eps / V) sum_{c in r} w_c
+    sum_c beta_c (z_c - m) = sum_r (1 - eps) sum_{k owned} w_{i_k} v_k (z_{i_k} - m)
+                                   + (eps / V) sum_{c in r} w_c (z_c - m)
+
+A position is kept when any global index is >= 0 (never from a rank's slice).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ class Plan:
     world_size: int
     group: Any
     probability: bool
+    sparse: bool  # a SparseTarget: values are the target argument, global indices beside them
     reduction: str
     ignore_index: int
     label_smoothing: float
@@ -80,21 +91,32 @@ def _forward(
     x: torch.Tensor,  # (P, D) compute dtype
     w: torch.Tensor,  # (Vs, D) compute dtype
     b: torch.Tensor | None,  # (Vs,)
-    target: torch.Tensor,  # (P,) int64 or (P, Vs) compute dtype
+    target: torch.Tensor,  # (P,) int64, (P, Vs) or sparse values (P, K), compute dtype
     cw: torch.Tensor | None,  # (Vs,) class-weight shard, compute dtype
+    indices: torch.Tensor | None = None,  # (P, K) global indices of a sparse target
 ) -> dict[str, torch.Tensor]:
     P, Vs, V = x.shape[0], plan.shard_size, plan.vocab_size
     dt, dev = x.dtype, x.device
     eps, lam, cap = plan.label_smoothing, plan.z_loss, plan.softcap
-    smooth = eps > 0.0 and not plan.probability
+    smooth = eps > 0.0 and not plan.probability and not plan.sparse
+    dense_sums = plan.probability or plan.sparse  # the probability target's two row sums
     m_l = torch.full((P,), -math.inf, dtype=dt, device=dev)  # local max
     s_l = torch.zeros(P, dtype=dt, device=dev)  # sum_c exp(z_c - m_l)
     t_l = torch.zeros(P, dtype=dt, device=dev)  # sum_c exp(z_c - m_l) (z_c - m_l), for the entropy
     am_l = torch.zeros(P, dtype=torch.int64, device=dev)  # local argmax (local class index)
-    if plan.probability:
+    if dense_sums:
         pw_l = torch.zeros(P, dtype=dt, device=dev)  # sum_c beta_c,            beta_c = w_c t'_c
         pz_l = torch.zeros(P, dtype=dt, device=dev)  # sum_c beta_c (z_c - m_l)
-    else:
+    if plan.sparse:
+        kept = (indices >= 0).any(dim=1)  # from the global target: the same on every rank
+        j = indices - plan.vocab_start
+        owned = (indices >= 0) & (j >= 0) & (j < Vs)  # (P, K): this rank holds the entry's class
+        jc = j.clamp(0, max(Vs - 1, 0))
+        b_own = target if cw is None or Vs == 0 else target * cw[jc]  # w_{i_k} v_k
+        b_own = torch.where(owned, b_own, 0.0)
+        s_eps = eps / V if V > 0 else 0.0
+        wsum_l = (cw.sum() if cw is not None else torch.tensor(float(Vs), dtype=dt, device=dev)) if eps else 0.0
+    elif not plan.probability:
         valid = target != plan.ignore_index
         j = target - plan.vocab_start
         owned = valid & (j >= 0) & (j < Vs)  # this rank holds the target class
@@ -114,6 +136,14 @@ def _forward(
                 beta = rm.probability_beta(target[sl], cw, eps, V)  # smoothing over the global V
                 pw_l[sl] = beta.sum(1)
                 pz_l[sl] = (beta * zm).sum(1)
+            elif plan.sparse:  # the owned entries (gathers) and this shard's smoothing term
+                zj = zm.gather(1, jc[sl])  # z_{i_k} - m_l (c, K)
+                bz = torch.where(owned[sl], b_own[sl] * zj, 0.0).sum(1)
+                pw_l[sl] = (1.0 - eps) * b_own[sl].sum(1)
+                pz_l[sl] = (1.0 - eps) * bz
+                if eps:
+                    pw_l[sl] += s_eps * wsum_l
+                    pz_l[sl] += s_eps * ((zm * cw).sum(1) if cw is not None else zm.sum(1))
             else:
                 zt_l[sl] = z.gather(1, jc[sl, None])[:, 0]
                 if smooth:
@@ -155,7 +185,7 @@ def _forward(
             first_pos = torch.where(holds.any(1), holds.int().argmax(1), -1)
             first = first_pos == plan.owner_order.index(plan.rank)
         cols.append(torch.where(first, (am_l + plan.vocab_start).to(dt), 0.0))
-    if plan.probability:
+    if dense_sums:
         cols += [pw_l, torch.where(dead, 0.0, pz_l + shift * pw_l)]
     else:
         cols.append(torch.where(owned, zt_l - m_g, 0.0))  # z_y - m_g, from the one owning rank
@@ -185,11 +215,15 @@ def _forward(
         out["predicted"] = g[2].round().to(torch.int64)
         k = 3
     # -ln a_c = lse - z_c = ln S - (z_c - m): the row sums below are global, the math is _rowmath's
-    if plan.probability:
+    if dense_sums:
         pw, pz = g[k], g[k + 1]
         ce = pw * log_s - pz  # -sum_c beta_c ln a_c = (sum_c beta_c) ln S - sum_c beta_c (z_c - m)
         loss, alpha = rm.loss_and_alpha(ce, pw, lse, lam)
         out["weight_sum"] = torch.tensor(float(P), dtype=dt, device=dev)
+        if plan.sparse:  # an all-padding position is ignored; "mean" counts the kept ones
+            loss = torch.where(kept, loss, 0.0)
+            out.update(valid=kept, owned=owned, jc=jc, w_target=b_own)
+            out["weight_sum"] = kept.sum().to(dt)
     else:
         ztm, wy = g[k], g[k + 1]  # z_y - m and w_y
         wsum = stacked[-1] if smooth else 0.0  # sum_c w_c
@@ -206,20 +240,21 @@ def _forward(
 class VocabParallelFunction(torch.autograd.Function):
     """loss = the vocabulary-parallel cross-entropy of (x, W_shard, b_shard); grads as in the module doc.
 
-    Inputs: x (P, D), w (Vs, D), b (Vs,) or None, target (P,) int64 or (P, Vs) float, cw (Vs,) or None,
-    plan. Outputs: loss (input dtype; (P,) for "none"), lse, predicted, entropy (per position; the last
+    Inputs: x (P, D), w (Vs, D), b (Vs,) or None, target (P,) int64, (P, Vs) float or a sparse
+    target's values (P, K), cw (Vs,) or None, plan, and a sparse target's global indices (P, K) or
+    None. Outputs: loss (input dtype; (P,) for "none"), lse, predicted, entropy (per position; the last
     two are empty unless plan.want_stats). Only the loss is differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, w, b, target, cw, plan: Plan) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, x, w, b, target, cw, plan: Plan, indices=None) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         out_dtype = x.dtype
         dt = torch.float64 if x.dtype == torch.float64 else torch.float32
         xc, wc = x.to(dt), w.to(dt)
         bc = None if b is None else b.to(dt)
         cwc = None if cw is None else cw.to(dt)
-        tc = target.to(dt) if plan.probability else target.to(torch.int64)
-        r = _forward(plan, xc, wc, bc, tc, cwc)
+        tc = target.to(dt) if plan.probability or plan.sparse else target.to(torch.int64)
+        r = _forward(plan, xc, wc, bc, tc, cwc, indices)
         rows = r["loss_rows"]
         if plan.reduction == "none":
             loss, norm = rows, None
@@ -233,7 +268,7 @@ class VocabParallelFunction(torch.autograd.Function):
         predicted = r.get("predicted", torch.empty(0, dtype=torch.int64, device=x.device))
         entropy = r.get("entropy", empty)
         ctx.plan, ctx.out_dtype, ctx.norm, ctx.target_dtype = plan, out_dtype, norm, target.dtype
-        ctx.extra = {key: r[key] for key in ("alpha", "valid", "jc", "w_target") if key in r}
+        ctx.extra = {key: r[key] for key in ("alpha", "valid", "jc", "w_target", "owned") if key in r}
         ctx.save_for_backward(xc, wc, bc, tc, cwc, r["m"], r["log_s"])
         ctx.mark_non_differentiable(lse, predicted, entropy)
         return loss.to(out_dtype), lse, predicted, entropy
@@ -252,6 +287,7 @@ class VocabParallelFunction(torch.autograd.Function):
         grad_w = torch.zeros_like(w) if need_w else None
         grad_b = torch.zeros(Vs, dtype=dt, device=x.device) if need_b else None
         grad_t = torch.zeros_like(target) if need_t else None
+        sparse_v = plan.sparse and need_t  # this rank's part of dJ/dv (owned entries), summed below
         if Vs > 0:
             for sl in chunks(P, plan.chunk_size):
                 xs = x[sl]
@@ -263,6 +299,12 @@ class VocabParallelFunction(torch.autograd.Function):
                     dz = rm.probability_grad_(a, r[sl], e["alpha"][sl], beta)
                     if need_t:
                         grad_t[sl] = rm.target_grad(log_a, r[sl, None], cw, eps)
+                elif plan.sparse:
+                    jc = e["jc"][sl]
+                    if sparse_v:  # (1 - eps) k w_{i_k} (lse - z_{i_k}) on the rank owning i_k
+                        nll = -log_a.gather(1, jc)
+                        grad_t[sl] = rm.sparse_values_grad(nll, ~e["owned"][sl], jc, r[sl], cw, eps)
+                    dz = rm.index_grad_(a, r[sl], e["alpha"][sl], e["valid"][sl], jc, e["w_target"][sl], cw, eps, V)
                 else:  # the target column's weight is subtracted on the rank that holds it
                     dz = rm.index_grad_(
                         a, r[sl], e["alpha"][sl], e["valid"][sl], e["jc"][sl, None], e["w_target"][sl], cw, eps, V
@@ -275,19 +317,25 @@ class VocabParallelFunction(torch.autograd.Function):
                     grad_w.addmm_(dz.T, xs)  # no (Vs, D) temporary per chunk
                 if need_b:
                     grad_b += dz.sum(0)
-        if need_x:  # the one collective of the backward: grad_x = sum_r dz_r W_r
+        if need_x or sparse_v:  # the one collective of the backward: grad_x = sum_r dz_r W_r (and dJ/dv)
+            parts = [t for t in (grad_x, grad_t if sparse_v else None) if t is not None]
+            flat = torch.cat([t.reshape(-1) for t in parts]) if len(parts) > 1 else parts[0]
             collective(
                 "all-reduce (SUM) of grad_input",
                 plan.rank,
                 plan.world_size,
-                lambda: dist.all_reduce(grad_x, op=dist.ReduceOp.SUM, group=plan.group),
+                lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=plan.group),
             )
+            if len(parts) > 1:
+                grad_x.copy_(flat[: grad_x.numel()].view_as(grad_x))
+                grad_t.copy_(flat[grad_x.numel() :].view_as(grad_t))
         od = ctx.out_dtype
         return (
             None if grad_x is None else grad_x.to(od),
             None if grad_w is None else grad_w.to(od),
             None if grad_b is None else grad_b.to(od),
             None if grad_t is None else grad_t.to(ctx.target_dtype),
+            None,
             None,
             None,
         )

@@ -8,14 +8,21 @@ target; every rank gets the same loss, equal to the single-process
     torch.nn.functional.cross_entropy(x @ W.T + b, target, weight=w, ...)
 
 for every option (label smoothing over the GLOBAL vocabulary, class weights, ignore_index,
-probability targets, z_loss, softcap, all reductions), the full gradient of the input, and the
+probability targets, sparse targets, z_loss, softcap, all reductions), the full gradient of the input, and the
 gradient of its own shard of W and b. Shards may be uneven, even empty. gloo (CPU) and NCCL (GPU).
 
 Collectives per call (none of a data-dependent size; P = number of positions, k = group size):
     forward:  1 all-gather of the shard layout (k x 17 numbers, checked before any math),
               1 all-reduce MAX of (P,) local maxima ((P, k) for the *_with_stats variant),
               1 all-reduce SUM of one stacked (P * c + 1,) buffer, 3 <= c <= 6.
-    backward: 1 all-reduce SUM of grad_input (P, D), only when the input requires grad.
+    backward: 1 all-reduce SUM of grad_input (P, D), only when the input requires grad (with a
+              sparse target whose values require grad, their gradient (P, K) travels in it too).
+
+A sparse target (`softmaxce.SparseTarget`, GLOBAL class indices, the same on every rank): each rank
+keeps the entries whose index falls in its shard (shifted to local indices; the others act as
+padding there), adds their part of sum_c beta_c and sum_c beta_c z_c to the SUM all-reduce, and
+subtracts them in its gradient; whether a position is kept (an entry with index >= 0) is read from
+the global target, so every rank agrees.
 
 Example (run on every rank of an initialized process group)::
 
@@ -39,14 +46,16 @@ import torch
 from torch import distributed as dist
 
 from .._options import REDUCTIONS, CEOptions
+from .._sparse import SparseTarget
 from .._validation import (
     TargetOutOfBoundsError,
     WeightShapeError,
     check_layout,
+    check_sparse_layout,
     out_of_bounds_message,
 )
 from . import _dtypes
-from ._chunked import acc_dtype, chunk_rows
+from ._chunked import acc_dtype, check_sparse_indices, chunk_rows
 from ._vocab_parallel import Plan, VocabParallelFunction, collective
 
 __all__ = [
@@ -63,7 +72,7 @@ _FIELDS = (
     "number of positions",
     "input ndim",
     "feature size D",
-    "probability target",
+    "target kind (0 index, 1 probability, 2 sparse)",
     "bias_shard given",
     "class weight given",
     "reduction",
@@ -135,7 +144,9 @@ def vocab_parallel_linear_cross_entropy(
         input: (..., D) floating; the leading dims are positions (the class axis of the logits is last).
         weight_shard: (Vs, D), this rank's rows [vocab_start, vocab_start + Vs) of W, input's dtype.
         target: class indices, the positions' shape, the same on every rank; or a probability
-            target (..., Vs) floating: this rank's slice of the vocabulary.
+            target (..., Vs) floating: this rank's slice of the vocabulary; or a
+            `softmaxce.SparseTarget` of torch tensors, (..., K) GLOBAL indices and values, the same
+            on every rank (gradients flow to its values; ignore_index must then be negative).
         vocab_start: first global class this rank holds. The shards of all ranks must tile [0, V).
         group: the process group (default: the world).
         bias_shard: (Vs,) rows of the bias, or None.
@@ -249,14 +260,14 @@ def _run(
         options = CEOptions(
             ignore_index=ignore_index, reduction=reduction, label_smoothing=eps, z_loss=lam, softcap=cap
         )
-        probability = _check_local(x, w, target, vocab_start, b, cw, options, normalizer, chunk_size)
+        kind = _check_local(x, w, target, vocab_start, b, cw, options, normalizer, chunk_size)
         meta = [
             float(vocab_start),
             float(w.shape[0]),
             float(math.prod(x.shape[:-1])),
             float(x.dim()),
             float(x.shape[-1]),
-            float(probability),
+            float(kind),
             float(b is not None),
             float(cw is not None),
             float(REDUCTIONS.index(options.reduction)),
@@ -287,7 +298,10 @@ def _run(
         )
     vocab_size, owner_order = _check_table(table)
 
-    if not probability:
+    probability, sparse = kind == 1, kind == 2
+    if sparse:  # the same target on every rank: every rank raises
+        check_sparse_indices(target.indices, vocab_size, tuple(x.shape[:-1]))
+    elif not probability:
         t = target.reshape(-1).long()  # any integer dtype (torch has no < for uint16 on CPU)
         bad = (t != options.ignore_index) & ((t < 0) | (t >= vocab_size))
         if bool(bad.any()):  # the same target on every rank: every rank raises
@@ -303,6 +317,7 @@ def _run(
         world_size=world,
         group=group,
         probability=probability,
+        sparse=sparse,
         reduction=options.reduction,
         ignore_index=options.ignore_index,
         label_smoothing=options.label_smoothing,
@@ -312,8 +327,12 @@ def _run(
         chunk_size=chunk_rows(P, Vs, acc_dtype(x.dtype), chunk_size),
         want_stats=want_stats,
     )
-    t2 = target.reshape(P, Vs) if probability else target.reshape(P)
-    loss, lse, predicted, entropy = VocabParallelFunction.apply(x.reshape(P, D), w, b, t2, cw, plan)
+    if sparse:  # the values travel as the differentiable target, the indices beside them
+        K = target.k
+        t2, indices = target.values.reshape(P, K), target.indices.reshape(P, K)
+    else:
+        t2, indices = (target.reshape(P, Vs) if probability else target.reshape(P)), None
+    loss, lse, predicted, entropy = VocabParallelFunction.apply(x.reshape(P, D), w, b, t2, cw, plan, indices)
     positions = tuple(x.shape[:-1])
     if options.reduction == "none":
         loss = loss.reshape(positions)
@@ -322,9 +341,13 @@ def _run(
     return VocabParallelCrossEntropyResult(loss, lse, predicted, entropy)
 
 
-def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalizer, chunk_size) -> bool:
-    """Checks one rank's arguments on metadata only; returns whether the target is a probability target."""
-    for name, value in (("input", x), ("weight_shard", w), ("target", target)):
+def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalizer, chunk_size) -> int:
+    """Checks one rank's arguments on metadata only; returns the target's kind: 0 class indices,
+    1 probabilities, 2 sparse."""
+    sparse = isinstance(target, SparseTarget)
+    if sparse and not isinstance(target.indices, torch.Tensor):
+        raise TypeError("a SparseTarget for vocab_parallel_linear_cross_entropy must hold torch tensors")
+    for name, value in (("input", x), ("weight_shard", w), ("target", target.values if sparse else target)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, not {type(value).__name__}")
     if isinstance(vocab_start, bool) or not isinstance(vocab_start, numbers.Integral) or vocab_start < 0:
@@ -352,6 +375,14 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
             f"weight_shard, but got: {shape}"
         )
     positions = tuple(x.shape[:-1])
+    logits_shape = (Vs,) if x.dim() == 1 else (positions[0], Vs, *positions[1:])
+    if sparse:
+        check_sparse_layout(logits_shape, "f", _dtypes.name(x.dtype), target.shape, None, options)
+        if target.indices.device != x.device:
+            raise ValueError(f"Expected the sparse target on the input's device {x.device}, but it is on "
+                             f"{target.indices.device}")  # fmt: skip
+        _check_normalizer_and_chunk(options, normalizer, chunk_size)
+        return 2
     probability = target.is_floating_point() and target.dim() == x.dim()
     if probability and tuple(target.shape) != (*positions, Vs):
         raise ShardLayoutError(
@@ -359,7 +390,6 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
             f"classes), got {list(target.shape)}"
         )
     # the logits' shape with the class axis where PyTorch has it: (Vs,) or (N, Vs, d1..dk)
-    logits_shape = (Vs,) if x.dim() == 1 else (positions[0], Vs, *positions[1:])
     check_layout(
         logits_shape,
         "f",
@@ -370,6 +400,11 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
         None,
         options,
     )
+    _check_normalizer_and_chunk(options, normalizer, chunk_size)
+    return int(probability)
+
+
+def _check_normalizer_and_chunk(options: CEOptions, normalizer, chunk_size) -> None:
     if normalizer is not None:
         if options.reduction != "mean":
             raise ValueError(f'normalizer is only used with reduction="mean", not "{options.reduction}"')
@@ -384,7 +419,6 @@ def _check_local(x, w, target, vocab_start, b, cw, options: CEOptions, normalize
         isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return probability
 
 
 def _check_table(table: list[list[float]]) -> tuple[int, tuple[int, ...]]:
