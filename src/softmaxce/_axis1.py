@@ -16,8 +16,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._bits import JIT
-from ._rows import weight_sum, weights_nonnegative
-from ._small import CHUNK_LOGITS, block_positions, column_block, new_workspace
+from ._small import CHUNK_LOGITS, block_positions, block_task, column_block, new_workspace
 
 __all__ = ["AXIS1_MAX_C", "axis1_applies", "index_axis1"]
 
@@ -42,7 +41,7 @@ def index_axis1(
 
 
 @njit(**JIT)
-def _partition(N, C, S):
+def _partition(C, S):
     """(R, blocks per chunk, chunks per image): blocks of R positions, chunks of about CHUNK_LOGITS logits."""
     R = block_positions(C)
     nblocks = (S + R - 1) // R
@@ -51,32 +50,15 @@ def _partition(N, C, S):
 
 
 @njit(**JIT)
-def _axis1_chunk(
-    ch,
-    R,
-    per_chunk,
-    chunks_per_n,
-    z,
-    target,
-    weight,
-    wsum,
-    wpos,
-    eps,
-    lam,
-    cap,
-    ii,
-    coef,
-    grad,
-    loss,
-    lse,
-    argmax,
-    entropy,
-):
+def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     """Blocks [j * per_chunk, (j + 1) * per_chunk) of image n, for ch = n * chunks_per_n + j."""
     N, C, S = z.shape
     P = N * S
+    R, per_chunk, chunks_per_n = _partition(C, S)
     want_grad = grad.size == P * C and P > 0
     want_stats = entropy.shape[0] == P and P > 0
+    task = block_task(C, target, weight, eps, lam, cap, ii, coef)
+    outs = (loss, lse, argmax, entropy)
     zf = z.reshape(-1)
     gf = grad.reshape(-1)
     ws = new_workspace(C, R, zf)
@@ -88,88 +70,18 @@ def _axis1_chunk(
             break
         nr = min(R, S - s0)
         base = n * C * S + s0
-        column_block(
-            C,
-            nr,
-            zf,
-            base,
-            S,
-            n * S + s0,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            want_grad,
-            gf,
-            base,
-            S,
-            loss,
-            lse,
-            want_stats,
-            argmax,
-            entropy,
-            ws,
-        )
+        column_block(C, nr, zf, base, S, n * S + s0, task, want_grad, gf, base, S, outs, want_stats, ws)
 
 
 @njit(parallel=True, **JIT)
 def _index_axis1(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     N, C, S = z.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    R, per_chunk, chunks_per_n = _partition(N, C, S)
-    for ch in prange(N * chunks_per_n):
-        _axis1_chunk(
-            ch,
-            R,
-            per_chunk,
-            chunks_per_n,
-            z,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            grad,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+    for ch in prange(N * _partition(C, S)[2]):
+        _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)
 
 
 @njit(**JIT)
 def _index_axis1_serial(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     N, C, S = z.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    R, per_chunk, chunks_per_n = _partition(N, C, S)
-    for ch in range(N * chunks_per_n):
-        _axis1_chunk(
-            ch,
-            R,
-            per_chunk,
-            chunks_per_n,
-            z,
-            target,
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef,
-            grad,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+    for ch in range(N * _partition(C, S)[2]):
+        _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)

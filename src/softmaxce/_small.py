@@ -36,7 +36,11 @@ __all__ = [
     "SMALL_MAX_C",
     "block_positions",
     "block_task",
-    "column_block", "index_rows_small", "new_workspace", "small_classes"]
+    "column_block",
+    "index_rows_small",
+    "new_workspace",
+    "small_classes",
+]
 
 SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
 CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work)

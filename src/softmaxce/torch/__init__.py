@@ -8,14 +8,14 @@
 Same signatures, results, gradients and errors as PyTorch 2.13, plus keyword-only z_loss, softcap
 and backend (and inplace_backward for cross_entropy). float32/float64 CPU tensors run on softmaxce's
 NumPy/numba engine without copies (bfloat16/float16 CPU logits of cross_entropy too, read and
-written as 16-bit values); CUDA tensors on Triton kernels (`_triton/`, the `[gpu]` extra); everything
-else on the same chunked algorithm in torch ops with float32 accumulation. The ops are torch.library custom ops, so models using them work under
-torch.compile(fullgraph=True); second derivatives, torch.func and autocast behave as PyTorch's.
+written as 16-bit values); CUDA tensors on Triton kernels (`_triton/`, the `[gpu]` extra);
+everything else on the same chunked algorithm in torch ops with float32 accumulation. The ops are
+torch.library custom ops, so models using them work under torch.compile(fullgraph=True); second
+derivatives, torch.func and autocast behave as PyTorch's.
 
 Layers: the front ends (`_functional.py`, `_modules.py`, `distributed.py`) validate and reshape; the
 ops (`_ops.py`) dispatch to the NumPy engine or to the chunked torch path (`_chunked.py`, and
-`_vocab_parallel.py` for the sharded head); the row math in torch primitives is `_rowmath.py`.
-"""
+`_vocab_parallel.py` for the sharded head); the row math in torch primitives is `_rowmath.py`."""
 
 from .._extras import require
 
