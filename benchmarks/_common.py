@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: peak-memory readings (Linux) and CSV output."""
+"""Helpers shared by the benchmark scripts: timing, peak-memory readings (Linux), tables and CSV output."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import csv
 import os
 import pathlib
 import resource
+import time
 
-__all__ = ["reset_peak_rss", "peak_rss_bytes", "rss_bytes", "write_csv"]
+__all__ = ["best_time", "print_table", "reset_peak_rss", "peak_rss_bytes", "rss_bytes", "write_csv"]
 
 
 def rss_bytes() -> int:
@@ -44,3 +45,25 @@ def write_csv(rows: list[dict], path: str | os.PathLike, fields: list[str] | Non
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {path}")
+
+
+def best_time(fn, repeat: int, number: int = 1) -> float:
+    """Seconds per call of fn(): the best of `repeat` timed loops of `number` calls each, divided by
+    `number`, after one untimed warm-up call (compilation, numba cache loads, first-touch page faults).
+    number > 1 is for calls too short to time one by one."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) / number
+
+
+def print_table(rows: list[dict], header: str, line: str) -> None:
+    """Prints a fixed-width table: `header`, a rule as long as it, then `line.format(**row)` for each row."""
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(line.format(**r))

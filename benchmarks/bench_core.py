@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import write_csv  # benchmarks/_common.py (this folder is on sys.path)
+from _common import best_time, write_csv  # benchmarks/_common.py (this folder is on sys.path)
 
 FULL = [(1 << 18, 128), (1 << 15, 1024), (8192, 32768), (1024, 262144)]
 QUICK = [(4096, 128), (512, 1024), (64, 32768)]
@@ -44,16 +44,6 @@ def _problem(N: int, C: int):
     logits *= 3.0
     target = rng.integers(0, C, N)
     return logits, target
-
-
-def _best(fn, k: int) -> float:
-    fn()  # warm-up (numba cache load, page faults of the outputs)
-    times = []
-    for _ in range(k):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _runner(name: str, logits: np.ndarray, target: np.ndarray, threads: int):
@@ -124,7 +114,7 @@ def _child(args) -> None:
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         out["extra_mb"] = (after - before) / 1024.0
     else:
-        out["time_s"] = _best(fn, k)
+        out["time_s"] = best_time(fn, k)
     print(json.dumps(out))
 
 

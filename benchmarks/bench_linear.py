@@ -24,6 +24,7 @@ import numpy as np
 
 from _common import (  # benchmarks/_common.py (this folder is on sys.path)
     peak_rss_bytes,
+    print_table,
     reset_peak_rss,
     rss_bytes,
     write_csv,
@@ -148,17 +149,13 @@ def bench(shapes, threads, repeat, contenders=CONTENDERS):
 
 
 def _print(rows):
-    head = (
+    print_table(
+        rows,
         f"{'N':>6} {'D':>5} {'V':>7} {'contender':<14} {'time s':>8} {'x matmul3':>9} "
-        f"{'softmaxce faster':>16} {'extra MB':>9}"
+        f"{'softmaxce faster':>16} {'extra MB':>9}",
+        "{N:>6} {D:>5} {V:>7} {contender:<14} {time_s:>8.3f} "
+        "{vs_matmul3!s:>9} {softmaxce_speedup!s:>15}x {extra_peak_mb:>9.1f}",
     )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['N']:>6} {r['D']:>5} {r['V']:>7} {r['contender']:<14} {r['time_s']:>8.3f} "
-            f"{r['vs_matmul3']!s:>9} {r['softmaxce_speedup']!s:>15}x {r['extra_peak_mb']:>9.1f}"
-        )
 
 
 def main(argv=None):

@@ -1,30 +1,48 @@
-"""The issue's matrix: softmaxce against PyTorch eager, torch.compile and JAX, cell by cell.
+"""The issue's matrix: softmaxce's three front doors against their peers, cell by cell, in one table.
 
-For each cell (float32 unless named f64; class-index targets, reduction "mean", loss + gradient):
-  - memcpy:                np.copyto into a preallocated array (the floor: read the logits once, write once);
-  - softmaxce:             softmaxce.cross_entropy_and_grad(logits, target) (the public NumPy API);
-  - softmaxce-new-kernel:  the few-classes (`_small`) / class-axis-1 (`_axis1`) kernels called directly
-                           with the engine's arrays (coef, loss, lse) until the engine is wired to them;
-  - torch-eager:           F.cross_entropy(x, t) forward + backward on a leaf tensor;
-  - torch-compile:         the same function under torch.compile (inductor), compiled fresh per cell;
-  - jax:                   jit(value_and_grad(optax.softmax_cross_entropy_with_integer_labels(...).mean()))
-                           (class axis 1 moved last inside the jitted function).
-Every contender runs in this one process, on 2 threads (torch.set_num_threads, XLA's intra-op
-flag, softmaxce.set_num_threads), best of --repeat after a warm-up call. "err" is the largest
-absolute gradient error against a float64 computation. A thread-scaling section times the new
-kernel on 1 and 2 threads for the cells with C <= 100 or class axis 1.
+Sections (class-index targets, reduction "mean", loss + gradient; 2 threads for everyone:
+torch.set_num_threads, XLA's intra-op flag, softmaxce.set_num_threads):
 
-    python benchmarks/bench_matrix.py                   # every cell, writes benchmarks/results/matrix.csv
-    python benchmarks/bench_matrix.py --quick           # small shapes (smoke run)
+  numpy  softmaxce.cross_entropy_and_grad(logits, target) (the public NumPy API) against
+         torch-eager (F.cross_entropy forward + backward on a leaf tensor), torch-compile (the same
+         function under torch.compile, inductor, compiled fresh per cell) and jax
+         (jit(value_and_grad(optax.softmax_cross_entropy_with_integer_labels(...).mean())), class
+         axis 1 moved last inside the jitted function). Floor: np.copyto into a preallocated array
+         (read the logits once, write once). A thread-scaling row times softmaxce on 1 thread for
+         the cells with C <= 100 or class axis 1 and at least 4Mi logits.
+  torch  the drop-in softmaxce.torch.cross_entropy(x, t) the way a training loop calls it: x a leaf
+         tensor with requires_grad, x.grad = None, loss = f(x, t), loss.backward(), against
+         torch-eager F.cross_entropy and torch-compile (inductor, fresh per cell), same steps.
+         Floor: torch.empty_like(logits).copy_(logits) (allocation, first touch, one read, one
+         write). Short calls (small batches) are timed as loops of 10 calls, best of 20 loops.
+  fused  softmaxce.torch.linear_cross_entropy(x, W, t) forward + backward (x, W leaf tensors).
+         Floor: the three bare GEMMs the math needs, torch.mm into preallocated outputs:
+         logits = x @ W.T, grad_x = G @ W, grad_W = G.T @ x (G a preallocated (N, V) tensor).
+         No peer here (bench_linear.py has PyTorch's own heads). "extra MiB" is measured in a
+         fresh subprocess: peak RSS minus the RSS with the inputs made, minus the gradients
+         (x.grad, W.grad), after a tiny warm-up call (--no-memory skips it).
+
+Every contender of a cell runs in this one process, best of --repeat (--fused-repeat for the
+fused section) after a warm-up call. Columns: ms per call; peer/ms = the fastest peer's time over
+this one (above 1: faster than every peer); ms/floor; "max grad err" = the largest absolute
+gradient error against a float64 computation of the same (16-bit-rounded, for bfloat16) inputs
+(fused: over grad_x and grad_W).
+
+    python benchmarks/bench_matrix.py                          # every cell, writes results/matrix.csv
+    python benchmarks/bench_matrix.py --quick                  # small shapes in every section
+    python benchmarks/bench_matrix.py --sections torch,fused   # some sections
     python benchmarks/bench_matrix.py --cells 1048576x10,8x21x128x128
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2")
@@ -33,34 +51,81 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_csv  # noqa: E402
+from _common import best_time, peak_rss_bytes, print_table, reset_peak_rss, rss_bytes, write_csv  # noqa: E402
 
 THREADS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "matrix.csv"
-# (name, shape, dtype): shape (N, C) or (N, C, d1, d2) with the class axis 1
+SECTIONS = ("numpy", "torch", "fused")
+PEERS = ("torch-eager", "torch-compile", "jax")
+FLOORS = {"numpy": "memcpy", "torch": "empty_like+copy_", "fused": "torch.mm x3"}
+SCALING_MIN_LOGITS = 1 << 22  # thread-scaling rows for cells at least this large (full runs)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark cell. shape: (N, C) or (N, C, d1, d2) with the class axis 1; fused: (N, D, V)."""
+
+    section: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    calls: int = 1  # calls per timed loop, for calls too short to time one by one
+    min_repeat: int = 1  # at least this many timed loops, whatever --repeat says
+
+
+def _short(section, name, shape):
+    return Cell(section, name, shape, calls=10, min_repeat=20)
+
+
 FULL = [
-    ("1048576x10", (1048576, 10), "float32"),
-    ("262144x100", (262144, 100), "float32"),
-    ("65536x1000", (65536, 1000), "float32"),
-    ("8192x32768", (8192, 32768), "float32"),
-    ("1024x262144", (1024, 262144), "float32"),
-    ("16x2x256x256", (16, 2, 256, 256), "float32"),
-    ("8x21x128x128", (8, 21, 128, 128), "float32"),
-    ("f64-8192x4096", (8192, 4096), "float64"),
+    Cell("numpy", "1048576x10", (1048576, 10)),
+    Cell("numpy", "262144x100", (262144, 100)),
+    Cell("numpy", "65536x1000", (65536, 1000)),
+    Cell("numpy", "8192x32768", (8192, 32768)),
+    Cell("numpy", "1024x262144", (1024, 262144)),
+    Cell("numpy", "16x2x256x256", (16, 2, 256, 256)),
+    Cell("numpy", "8x21x128x128", (8, 21, 128, 128)),
+    Cell("numpy", "f64-8192x4096", (8192, 4096), "float64"),
+    Cell("torch", "262144x10", (262144, 10)),
+    Cell("torch", "65536x1000", (65536, 1000)),
+    Cell("torch", "8192x32768", (8192, 32768)),
+    Cell("torch", "16x2x256x256", (16, 2, 256, 256)),
+    Cell("torch", "8x21x128x128", (8, 21, 128, 128)),
+    Cell("torch", "bf16-65536x1000", (65536, 1000), "bfloat16"),
+    Cell("torch", "bf16-4096x32768", (4096, 32768), "bfloat16"),
+    _short("torch", "256x1024", (256, 1024)),
+    _short("torch", "4096x10", (4096, 10)),
+    Cell("fused", "4096x1024x32768", (4096, 1024, 32768)),
+    Cell("fused", "4096x1024x128256", (4096, 1024, 128256)),
 ]
 QUICK = [
-    ("16384x10", (16384, 10), "float32"),
-    ("4096x100", (4096, 100), "float32"),
-    ("4x2x64x64", (4, 2, 64, 64), "float32"),
-    ("2x21x32x32", (2, 21, 32, 32), "float32"),
-    ("f64-512x4096", (512, 4096), "float64"),
+    Cell("numpy", "16384x10", (16384, 10)),
+    Cell("numpy", "4096x100", (4096, 100)),
+    Cell("numpy", "4x2x64x64", (4, 2, 64, 64)),
+    Cell("numpy", "2x21x32x32", (2, 21, 32, 32)),
+    Cell("numpy", "f64-512x4096", (512, 4096), "float64"),
+    Cell("torch", "4096x100", (4096, 100)),
+    Cell("torch", "4x2x64x64", (4, 2, 64, 64)),
+    Cell("torch", "2x21x32x32", (2, 21, 32, 32)),
+    Cell("torch", "bf16-1024x1000", (1024, 1000), "bfloat16"),
+    _short("torch", "256x1024", (256, 1024)),
+    _short("torch", "4096x10", (4096, 10)),
+    Cell("fused", "512x256x8192", (512, 256, 8192)),
 ]
-CONTENDERS = ["memcpy", "softmaxce", "softmaxce-new-kernel", "torch-eager", "torch-compile", "jax"]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and float64 references
 
 
 def problem(shape, dtype):
+    """Logits (NumPy; bfloat16 cells get float32 values already rounded to bfloat16) and targets."""
     rng = np.random.default_rng(0)
-    logits = (3.0 * rng.standard_normal(shape)).astype(dtype)
+    logits = (3.0 * rng.standard_normal(shape)).astype("float32" if dtype == "bfloat16" else dtype)
+    if dtype == "bfloat16":
+        import torch
+
+        logits = torch.from_numpy(logits).bfloat16().float().numpy()
     target = rng.integers(0, shape[1], (shape[0],) + tuple(shape[2:]))
     return logits, target
 
@@ -76,86 +141,101 @@ def reference_grad(logits, target) -> np.ndarray:
     for i in range(0, P, step):
         z = rows[i : i + step].astype(np.float64)
         a = np.exp(z - z.max(axis=1, keepdims=True))
-        a /= a.sum(axis=1, keepdims=True)
-        a[np.arange(len(z)), t[i : i + step]] -= 1.0
+        a /= a.sum(axis=1, keepdims=True)  # p = softmax(z)
+        a[np.arange(len(z)), t[i : i + step]] -= 1.0  # dL/dz = (p - onehot(t)) / P
         out[i : i + step] = a / P
     if logits.ndim > 2:
         return np.moveaxis(out.reshape((logits.shape[0],) + logits.shape[2:] + (C,)), -1, 1)
     return out.reshape(logits.shape)
 
 
-def best(fn, repeat: int) -> float:
-    fn()  # warm-up: compilation, page faults
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def fused_problem(N, D, V):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    return x, W, rng.integers(0, V, N)
 
 
-def new_kernel(logits, target):
-    """The new kernels with the engine's arrays ("mean": coef = 1 / P), or None where neither applies."""
-    from softmaxce import _axis1, _small, _threads
+def fused_reference(x, W, t) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (grad_x, grad_W) of mean cross_entropy(x @ W.T, t), in chunks of rows (torch float64 GEMMs)."""
+    import torch
 
-    C = logits.shape[1]
-    P = target.size
-    t = target.reshape(P).astype(np.int64)
-    E0, E1, w = np.empty(0, np.int64), np.empty(0), np.empty(0)
-    grad = np.empty_like(logits)
-    if logits.ndim > 2:
-        S = P // logits.shape[0]
-        if not _axis1.axis1_applies(logits.dtype, logits.shape[0], C, S):
-            return None
-        z, g, kernel = logits.reshape(-1, C, S), grad.reshape(-1, C, S), _axis1.index_axis1
-    else:
-        if not _small.small_classes(logits.dtype, P, C):
-            return None
-        z, g, kernel = logits, grad, _small.index_rows_small
-
-    def run():
-        coef = np.full(P, 1.0 / P)
-        loss, lse = np.empty(P), np.empty(P)
-        with _threads.kernel_region(True):
-            kernel(True, z, t, w, 0.0, 0.0, 0.0, -100, coef, g, loss, lse, E0, E1)
-        return loss.sum() / P, grad
-
-    return run
+    x64, W64, tt = torch.from_numpy(x).double(), torch.from_numpy(W).double(), torch.from_numpy(t)
+    N, V = x.shape[0], W.shape[0]
+    gx, gW = torch.empty_like(x64), torch.zeros_like(W64)
+    step = max(1, (1 << 25) // V)
+    for i in range(0, N, step):
+        G = torch.softmax(x64[i : i + step] @ W64.T, dim=1)  # (n, V) p = softmax(x W^T)
+        G[torch.arange(len(G)), tt[i : i + step]] -= 1.0  # G = (p - onehot(t)) / N
+        G /= N
+        gx[i : i + step] = G @ W64  # grad_x = G W
+        gW += G.T @ x64[i : i + step]  # grad_W = G^T x
+    return gx.numpy(), gW.numpy()
 
 
-def runners(logits, target):
-    """name -> zero-argument callable returning (loss, grad as NumPy)."""
+def _flat64(a, i, j):
+    """Elements i:j of a flattened NumPy / JAX / torch array, as float64 NumPy."""
+    if hasattr(a, "detach"):
+        return a.detach().reshape(-1)[i:j].double().numpy()
+    return np.asarray(np.asarray(a).reshape(-1)[i:j], np.float64)
+
+
+def grad_error(got, ref) -> float:
+    """max |got - ref| over matching arrays (tuples for several gradients), in chunks (no full copies)."""
+    if isinstance(ref, tuple):
+        return max(grad_error(g, r) for g, r in zip(got, ref, strict=True))
+    flat = ref.reshape(-1)
+    step = 1 << 22
+    return max(
+        (float(np.max(np.abs(_flat64(got, i, i + step) - flat[i : i + step]))) for i in range(0, flat.size, step)),
+        default=0.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# contenders: name -> builder; a builder returns a zero-argument callable that does one loss +
+# gradient and returns the gradient(s) (None for a floor). Built one at a time, so that one
+# contender's buffers are gone before the next is timed.
+
+
+def numpy_contenders(logits, target):
     import softmaxce
 
-    out = {}
-    dst = np.empty_like(logits)
-    out["memcpy"] = lambda: (None, np.copyto(dst, logits))
-    out["softmaxce"] = lambda: tuple(softmaxce.cross_entropy_and_grad(logits, target))
-    nk = new_kernel(logits, target)
-    if nk is not None:
-        out["softmaxce-new-kernel"] = nk
+    def memcpy():
+        dst = np.empty_like(logits)
+        return lambda: np.copyto(dst, logits)
+
+    def ours():
+        return lambda: softmaxce.cross_entropy_and_grad(logits, target)[1]
+
+    out = {"memcpy": memcpy, "softmaxce": ours}
     try:
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(logits)
-        y = torch.from_numpy(target)
+        x, y = torch.from_numpy(logits), torch.from_numpy(target)
 
         def step(x, y):
             return F.cross_entropy(x, y)
 
-        def torch_run(f):
-            def run():
-                xl = x.detach().requires_grad_(True)
-                loss = f(xl, y)
-                loss.backward()
-                return loss.item(), xl.grad.numpy()
+        def torch_run(compiled):
+            def build():
+                f = step
+                if compiled:
+                    torch._dynamo.reset()
+                    f = torch.compile(step, backend="inductor")
 
-            return run
+                def run():
+                    xl = x.detach().requires_grad_(True)
+                    f(xl, y).backward()
+                    return xl.grad
 
-        out["torch-eager"] = torch_run(step)
-        torch._dynamo.reset()
-        out["torch-compile"] = torch_run(torch.compile(step, backend="inductor"))
+                return run
+
+            return build
+
+        out["torch-eager"] = torch_run(False)
+        out["torch-compile"] = torch_run(True)
     except ImportError:
         pass
     try:
@@ -163,34 +243,211 @@ def runners(logits, target):
         import jax.numpy as jnp
         import optax
 
-        jax.config.update("jax_enable_x64", logits.dtype == np.float64)
+        def jax_build():
+            jax.config.update("jax_enable_x64", logits.dtype == np.float64)
 
-        def loss_fn(z, t):
-            if z.ndim > 2:
-                z = jnp.moveaxis(z, 1, -1)
-            return optax.softmax_cross_entropy_with_integer_labels(z, t).mean()
+            def loss_fn(z, t):
+                if z.ndim > 2:
+                    z = jnp.moveaxis(z, 1, -1)
+                return optax.softmax_cross_entropy_with_integer_labels(z, t).mean()
 
-        vg = jax.jit(jax.value_and_grad(loss_fn))
-        zj, tj = jnp.asarray(logits), jnp.asarray(target.astype(np.int32))
+            vg = jax.jit(jax.value_and_grad(loss_fn))
+            zj, tj = jnp.asarray(logits), jnp.asarray(target.astype(np.int32))
+            return lambda: vg(zj, tj)[1].block_until_ready()
 
-        def jax_run():
-            loss, g = vg(zj, tj)
-            g.block_until_ready()
-            return float(loss), g
-
-        out["jax"] = jax_run
+        out["jax"] = jax_build
     except ImportError:
         pass
     return out
 
 
+def torch_contenders(logits, target, *, bfloat16=False):
+    import torch
+    import torch.nn.functional as F
+
+    import softmaxce.torch as sce
+
+    z = torch.from_numpy(logits)
+    z = z.bfloat16() if bfloat16 else z
+    y = torch.from_numpy(target)
+    x = z.clone().requires_grad_(True)  # the leaf a training loop would own
+
+    def floor():
+        def run():
+            torch.empty_like(z).copy_(z)  # a fresh buffer: allocation, first touch, one read, one write
+
+        return run
+
+    def training_step(loss_fn):
+        def run():
+            x.grad = None
+            loss = loss_fn(x, y)
+            loss.backward()
+            return x.grad
+
+        return run
+
+    def step(x, y):
+        return F.cross_entropy(x, y)
+
+    def compiled():
+        torch._dynamo.reset()
+        return training_step(torch.compile(step, backend="inductor"))
+
+    return {
+        "empty_like+copy_": floor,
+        "softmaxce": lambda: training_step(sce.cross_entropy),
+        "torch-eager": lambda: training_step(step),
+        "torch-compile": compiled,
+    }
+
+
+def fused_contenders(x_np, W_np, t_np):
+    import torch
+
+    import softmaxce.torch as sce
+
+    x, W, t = torch.from_numpy(x_np), torch.from_numpy(W_np), torch.from_numpy(t_np)
+    N, V = x.shape[0], W.shape[0]
+
+    def gemm3():
+        z = torch.empty(N, V)  # (N, V) logits
+        G = torch.full((N, V), 1.0 / V)  # (N, V) stands in for dL/dz
+        gx, gW = torch.empty_like(x), torch.empty_like(W)
+
+        def run():
+            torch.mm(x, W.T, out=z)  # logits = x W^T
+            torch.mm(G, W, out=gx)  # grad_x = G W
+            torch.mm(G.T, x, out=gW)  # grad_W = G^T x
+
+        return run
+
+    def ours():
+        xl, Wl = x.clone().requires_grad_(True), W.clone().requires_grad_(True)
+
+        def run():
+            xl.grad = Wl.grad = None
+            sce.linear_cross_entropy(xl, Wl, t).backward()
+            return xl.grad, Wl.grad
+
+        return run
+
+    return {"torch.mm x3": gemm3, "softmaxce": ours}
+
+
+def fused_extra_peak_child(N, D, V) -> None:
+    """Runs in a fresh subprocess: prints the extra peak RSS (MiB) of one softmaxce fused call."""
+    import torch
+
+    import softmaxce
+
+    torch.set_num_threads(THREADS)
+    softmaxce.set_num_threads(THREADS)
+    fused_contenders(*fused_problem(8, D, 64))["softmaxce"]()()  # code loads, allocator, BLAS buffers
+    run = fused_contenders(*fused_problem(N, D, V))["softmaxce"]()
+    reset_peak_rss()  # making the inputs does not count (Linux)
+    base = rss_bytes()
+    run()
+    grads = (N * D + V * D) * 4  # x.grad and W.grad are outputs, not working memory
+    print(json.dumps({"extra_mib": max(0, peak_rss_bytes() - base - grads) / 2**20}))
+
+
+def fused_extra_peak(N, D, V) -> float:
+    cmd = [sys.executable, __file__, "--peak-child", f"{N},{D},{V}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print(f"  (memory subprocess failed: {res.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        return float("nan")
+    return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def time_cell(cell, builders, ref, repeat):
+    """Times every contender of a cell; returns {name: (ms, max grad err or None)}."""
+    results = {}
+    for who, build in builders.items():
+        fn = build()
+        ms = best_time(fn, max(repeat, cell.min_repeat), cell.calls) * 1e3
+        g = fn()
+        results[who] = (ms, None if g is None else grad_error(g, ref))
+        print(f"  {cell.section} {cell.name} {who}: {ms:.3f} ms", file=sys.stderr, flush=True)
+        del fn, g
+    return results
+
+
+def run_cell(cell, args, min_scaling_logits):
+    """Rows (dicts) for one cell."""
+    import softmaxce
+
+    extra = {}
+    if cell.section == "fused":
+        x, W, t = fused_problem(*cell.shape)
+        ref = fused_reference(x, W, t)
+        results = time_cell(cell, fused_contenders(x, W, t), ref, args.fused_repeat)
+        if args.memory:
+            extra["softmaxce"] = fused_extra_peak(*cell.shape)
+    else:
+        logits, target = problem(cell.shape, cell.dtype)
+        ref = reference_grad(logits, target)
+        if cell.section == "numpy":
+            builders = numpy_contenders(logits, target)
+        else:
+            builders = torch_contenders(logits, target, bfloat16=cell.dtype == "bfloat16")
+        results = time_cell(cell, builders, ref, args.repeat)
+    scaling = None
+    if (
+        cell.section == "numpy"
+        and (cell.shape[1] <= 100 or len(cell.shape) > 2)
+        and int(np.prod(cell.shape)) >= min_scaling_logits
+    ):
+        softmaxce.set_num_threads(1)
+        fn = numpy_contenders(logits, target)["softmaxce"]()
+        scaling = best_time(fn, args.repeat) * 1e3
+        softmaxce.set_num_threads(THREADS)
+    peers = [results[p][0] for p in PEERS if p in results]
+    fastest_peer = min(peers) if peers else None
+    floor = results[FLOORS[cell.section]][0]
+    entries = [(who, THREADS, ms, err) for who, (ms, err) in results.items()]
+    if scaling is not None:
+        entries.append(("softmaxce", 1, scaling, None))
+    return [
+        {
+            "section": cell.section,
+            "cell": cell.name,
+            "dtype": cell.dtype,
+            "contender": who,
+            "threads": threads,
+            "ms": round(ms, 4),
+            "x_fastest_peer": round(fastest_peer / ms, 2) if fastest_peer else "",
+            "x_floor": round(ms / floor, 2),
+            "max_grad_err": "" if err is None else f"{err:.2e}",
+            "extra_peak_mib": round(extra[who], 1) if who in extra and threads == THREADS else "",
+        }
+        for who, threads, ms, err in entries
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small shapes")
+    parser.add_argument("--quick", action="store_true", help="small shapes in every section")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: all)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="best of this many timed calls (default 5)")
+    parser.add_argument("--fused-repeat", type=int, default=3, help="the same for the fused section (default 3)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fused peak-RSS runs")
     parser.add_argument("--csv", default=str(RESULTS))
+    parser.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_child:
+        fused_extra_peak_child(*map(int, args.peak_child.split(",")))
+        return
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
 
     import softmaxce
 
@@ -200,71 +457,33 @@ def main() -> None:
 
         torch.set_num_threads(THREADS)
     except ImportError:
-        pass
+        if set(sections) - {"numpy"}:
+            parser.error("the torch and fused sections need PyTorch")
     cells = QUICK if args.quick else FULL
     if args.cells:
         wanted = set(args.cells.split(","))
-        cells = [c for c in FULL + QUICK if c[0] in wanted]
+        cells = [c for c in FULL + QUICK if c.name in wanted]
+        missing = wanted - {c.name for c in cells}
+        if missing:
+            parser.error(f"unknown cells {sorted(missing)}")
+    cells = [c for c in cells if c.section in sections]
     rows = []
-    for name, shape, dtype in cells:
-        logits, target = problem(shape, dtype)
-        ref = reference_grad(logits, target)
-        times = {}
-        for who, fn in runners(logits, target).items():
-            ms = best(fn, args.repeat) * 1e3
-            _, g = fn()
-            err = float(np.max(np.abs(np.asarray(g if who != "memcpy" else ref, np.float64) - ref)))
-            times[who] = ms
-            rows.append(
-                {
-                    "cell": name,
-                    "dtype": dtype,
-                    "contender": who,
-                    "threads": THREADS,
-                    "ms": round(ms, 3),
-                    "max_grad_err": f"{err:.2e}" if who != "memcpy" else "",
-                }
-            )
-        peers = [times[p] for p in ("torch-eager", "torch-compile", "jax") if p in times]
-        fastest_peer = min(peers) if peers else float("nan")
-        for r in rows:
-            if r["cell"] == name:
-                r["x_fastest_peer"] = round(fastest_peer / r["ms"], 2)
-                r["x_memcpy"] = round(r["ms"] / times["memcpy"], 2)
-        print(f"\n{name} ({dtype}); fastest peer {fastest_peer:.2f} ms")
-        print(f"  {'contender':22s} {'ms':>9s} {'peer/ms':>8s} {'ms/memcpy':>9s} {'max grad err':>12s}")
-        for r in rows:
-            if r["cell"] == name:
-                print(
-                    f"  {r['contender']:22s} {r['ms']:9.2f} {r['x_fastest_peer']:8.2f} "
-                    f"{r['x_memcpy']:9.2f} {r['max_grad_err']:>12s}"
-                )
-        # thread scaling of the new kernel (C <= 100 or class axis 1)
-        nk = new_kernel(logits, target)
-        if nk is not None and (shape[1] <= 100 or len(shape) > 2):
-            t = {}
-            for n in (1, THREADS):
-                softmaxce.set_num_threads(n)
-                t[n] = best(nk, args.repeat) * 1e3
-            softmaxce.set_num_threads(THREADS)
-            print(
-                f"  thread scaling (new kernel): 1 thread {t[1]:.2f} ms, "
-                f"{THREADS} threads {t[THREADS]:.2f} ms, x{t[1] / t[THREADS]:.2f}"
-            )
-            rows.append(
-                {
-                    "cell": name,
-                    "dtype": dtype,
-                    "contender": "softmaxce-new-kernel",
-                    "threads": 1,
-                    "ms": round(t[1], 3),
-                    "max_grad_err": "",
-                    "x_fastest_peer": round(fastest_peer / t[1], 2),
-                    "x_memcpy": round(t[1] / times["memcpy"], 2),
-                }
-            )
-        del logits, target, ref
-    fields = ["cell", "dtype", "contender", "threads", "ms", "x_fastest_peer", "x_memcpy", "max_grad_err"]
+    t0 = time.perf_counter()
+    for cell in cells:
+        rows += run_cell(cell, args, 0 if args.quick else SCALING_MIN_LOGITS)
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"\n{len(cells)} cells in {time.perf_counter() - t0:.0f} s, {THREADS} threads, {os.cpu_count()} CPUs, "
+        f"load average at the end {load}; peer/ms above 1: faster than the fastest peer\n"
+    )
+    print_table(
+        rows,
+        f"{'section':7} {'cell':18} {'dtype':8} {'contender':17} {'thr':>3} {'ms':>10} {'peer/ms':>7} "
+        f"{'ms/floor':>8} {'max grad err':>12} {'extra MiB':>9}",
+        "{section:7} {cell:18} {dtype:8} {contender:17} {threads:>3} {ms:>10.3f} {x_fastest_peer!s:>7} "
+        "{x_floor:>8.2f} {max_grad_err:>12} {extra_peak_mib!s:>9}",
+    )
+    fields = list(rows[0])
     write_csv(rows, args.csv, fields)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import peak_rss_bytes, reset_peak_rss, rss_bytes, write_csv  # benchmarks/_common.py
+from _common import peak_rss_bytes, print_table, reset_peak_rss, rss_bytes, write_csv  # benchmarks/_common.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("softmaxce", "torch_dense", "torch_linear")
@@ -143,17 +143,13 @@ def bench(N, D, V, K, threads, repeat, contenders=CONTENDERS):
 
 
 def _print(rows):
-    head = (
+    print_table(
+        rows,
         f"{'N':>5} {'D':>5} {'V':>7} {'K':>3} {'contender':<13} {'time s':>8} {'extra MB':>9} "
-        f"{'time / softmaxce':>16} {'memory / softmaxce':>18}"
+        f"{'time / softmaxce':>16} {'memory / softmaxce':>18}",
+        "{N:>5} {D:>5} {V:>7} {K:>3} {contender:<13} {time_s:>8.3f} "
+        "{extra_peak_mb:>9.1f} {softmaxce_speedup!s:>15}x {memory_vs_softmaxce!s:>17}x",
     )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['N']:>5} {r['D']:>5} {r['V']:>7} {r['K']:>3} {r['contender']:<13} {r['time_s']:>8.3f} "
-            f"{r['extra_peak_mb']:>9.1f} {r['softmaxce_speedup']!s:>15}x {r['memory_vs_softmaxce']!s:>17}x"
-        )
 
 
 def main(argv=None):

@@ -156,18 +156,19 @@ def _chunk_rows(C):
 
 
 @njit(**JIT)
-def _index_chunk(fmt, c0, c1, zb, target, weight, wsum, wpos, eps, lam, cap, ii, coef, gb, loss, lse, am, en):
-    """Rows [c0, c1) of class-index targets. Each row is widened into a float32 (1, C) scratch row; without
-    softcap and statistics `_index_row_fast` computes it there, else (and for a row with a NaN or inf
-    logit, or only -inf) `_rows.index_row` does, the gradient in place of the scratch logits, rounded
-    into gb[n] afterwards."""
+def _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, loss, lse, am, en):
+    """Rows [ch * R, (ch + 1) * R) of class-index targets. Each row is widened into a float32 (1, C) scratch
+    row; without softcap and statistics `_index_row_fast` computes it there, else (and for a row with a NaN
+    or inf logit, or only -inf) `_rows.index_row` does, the gradient in place of the scratch logits,
+    rounded into gb[n] afterwards."""
     P, C = zb.shape
     want_grad, want_stats = gb.shape[0] == P, en.shape[0] == P
+    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
     fast = cap == 0.0 and not want_stats
     s = np.empty((1, C), np.float32)
     e = s[0]
     one = np.ones(1)  # the row kernels always compute a gradient (into s), so the loss never depends on want_grad
-    for n in range(c0, c1):
+    for n in range(ch * R, min(P, (ch + 1) * R)):
         if fast:
             if target[n] == ii:
                 loss[n] = 0.0
@@ -179,25 +180,10 @@ def _index_chunk(fmt, c0, c1, zb, target, weight, wsum, wpos, eps, lam, cap, ii,
             if _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, loss, lse):
                 continue
         _load_row(fmt, zb[n], e)
-        r = slice(n, n + 1) if want_stats else slice(0, 0)
-        index_row(
-            0,
-            s,
-            target[n : n + 1],
-            weight,
-            wsum,
-            wpos,
-            eps,
-            lam,
-            cap,
-            ii,
-            coef[n : n + 1] if want_grad else one,
-            s,
-            loss[n : n + 1],
-            lse[n : n + 1],
-            am[r],
-            en[r],
-        )
+        i = slice(n, n + 1)  # row n of the per-row arrays, as the (1, C) problem's row 0
+        r = i if want_stats else slice(0, 0)
+        k = coef[i] if want_grad else one
+        index_row(0, s, target[i], weight, wsum, wpos, eps, lam, cap, ii, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, e, gb[n])
 
@@ -288,59 +274,38 @@ def _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, l
 
 @njit(parallel=True, **JIT)
 def _index_rows(fmt, zb, target, weight, eps, lam, cap, ii, coef, gb, loss, lse, am, en):
-    P, C = zb.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    R = _chunk_rows(C)
-    for c in prange((P + R - 1) // R):
-        c0 = c * R
-        _index_chunk(
-            fmt, c0, min(c0 + R, P), zb, target, weight, wsum, wpos, eps, lam, cap, ii, coef, gb, loss, lse, am, en
-        )
+    R = _chunk_rows(zb.shape[1])
+    for ch in prange((zb.shape[0] + R - 1) // R):
+        _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, loss, lse, am, en)
 
 
 @njit(**JIT)
 def _index_rows_serial(fmt, zb, target, weight, eps, lam, cap, ii, coef, gb, loss, lse, am, en):
-    P, C = zb.shape
-    wsum, wpos = weight_sum(weight, C), weights_nonnegative(weight)
-    _index_chunk(fmt, 0, P, zb, target, weight, wsum, wpos, eps, lam, cap, ii, coef, gb, loss, lse, am, en)
+    _index_chunk(fmt, 0, zb.shape[0], zb, target, weight, eps, lam, cap, ii, coef, gb, loss, lse, am, en)
 
 
 @njit(**JIT)
-def _probability_chunk(fmt, c0, c1, zb, target, weight, eps, lam, cap, coef, gb, loss, lse, am, en):
-    """Rows [c0, c1) of probability targets, as `_index_chunk` with `_rows.probability_row`."""
+def _probability_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, coef, gb, loss, lse, am, en):
+    """Rows [ch * R, (ch + 1) * R) of probability targets, as `_index_chunk` with `_rows.probability_row`."""
     P, C = zb.shape
     want_grad, want_stats = gb.shape[0] == P, en.shape[0] == P
     s = np.empty((1, C), np.float32)
     one = np.ones(1)
-    for n in range(c0, c1):
+    for n in range(ch * R, min(P, (ch + 1) * R)):
         _load_row(fmt, zb[n], s[0])
-        r = slice(n, n + 1) if want_stats else slice(0, 0)
-        probability_row(
-            0,
-            s,
-            target[n : n + 1],
-            weight,
-            eps,
-            lam,
-            cap,
-            coef[n : n + 1] if want_grad else one,
-            s,
-            loss[n : n + 1],
-            lse[n : n + 1],
-            am[r],
-            en[r],
-        )
+        i = slice(n, n + 1)
+        r = i if want_stats else slice(0, 0)
+        k = coef[i] if want_grad else one
+        probability_row(0, s, target[i], weight, eps, lam, cap, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, s[0], gb[n])
 
 
 @njit(parallel=True, **JIT)
 def _probability_rows(fmt, zb, target, weight, eps, lam, cap, coef, gb, loss, lse, am, en):
-    P, C = zb.shape
-    R = _chunk_rows(C)
-    for c in prange((P + R - 1) // R):
-        c0 = c * R
-        _probability_chunk(fmt, c0, min(c0 + R, P), zb, target, weight, eps, lam, cap, coef, gb, loss, lse, am, en)
+    R = _chunk_rows(zb.shape[1])
+    for ch in prange((zb.shape[0] + R - 1) // R):
+        _probability_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, coef, gb, loss, lse, am, en)
 
 
 @njit(**JIT)

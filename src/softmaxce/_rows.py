@@ -43,8 +43,14 @@ __all__ = [
     "LN2",
     "ROUND_MAGIC",
     "fast_exp",
+    "ignored_row",
+    "row_flags",
     "row_max",
+    "row_softmax",
+    "softcap_backward",
+    "softmax_grad",
     "weight_sum",
+    "weighted_logit_sum",
     "weights_nonnegative",
 ]
 
@@ -52,27 +58,16 @@ __all__ = [
 @njit(**JIT)
 def index_row(n, z, target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy):
     """Row n of `index_rows` (the general path: any option, statistics, float64)."""
-    C = z.shape[1]
-    want_grad, want_stats, weighted, smooth = _row_flags(z, grad, entropy, weight, eps)
+    want_grad, want_stats, weighted, smooth = row_flags(z, grad, entropy, weight, eps)
     y = target[n]
     if y == ignore_index:
-        loss[n] = 0.0
-        if want_stats:
-            _row_softmax(z, n, cap, grad, False, True, lse, argmax, entropy)
-        else:
-            lse[n] = np.nan
-        if want_grad:
-            grad[n, :] = 0
+        ignored_row(z, n, cap, grad, want_grad, want_stats, loss, lse, argmax, entropy)
         return
     # the smoothing term needs sum_c w_c z_c, read before grad[n] (maybe z[n]) is overwritten
     row0 = z[n]
-    wz = 0.0
-    if smooth > 0.0:
-        for c in range(C):
-            zc = cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c]
-            wz += (weight[c] if weighted else 1.0) * zc
+    wz = weighted_logit_sum(row0, weight, weighted, cap) if smooth > 0.0 else 0.0
     zy = cap * math.tanh(row0[y] / cap) if cap > 0.0 else row0[y]
-    row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
+    row, m, s = row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
     l_se = m + math.log(s)  # NaN for a non-finite row
     w_y = weight[y] if weighted else 1.0
     # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
@@ -89,27 +84,17 @@ def index_row(n, z, target, weight, wsum, wpos, eps, lam, cap, ignore_index, coe
             return
         # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s
         alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
-        scale = z.dtype.type(k * alpha / s)
-        if smooth > 0.0 and weighted:
-            for j in range(C):
-                e[j] = e[j] * scale - z.dtype.type(k * smooth * weight[j])
-        elif smooth > 0.0:
-            b = z.dtype.type(k * smooth)
-            for j in range(C):
-                e[j] = e[j] * scale - b
-        else:
-            for j in range(C):
-                e[j] = e[j] * scale
+        softmax_grad(e, z.dtype.type(k * alpha / s), k, smooth, weight, weighted)
         e[y] -= z.dtype.type(k * (1.0 - eps) * w_y)
         if cap > 0.0:
-            _softcap_backward(e, row, cap)
+            softcap_backward(e, row, cap)
 
 
 @njit(**JIT)
 def probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
     """Row n of `probability_rows`."""
     C = z.shape[1]
-    want_grad, want_stats, weighted, smooth = _row_flags(z, grad, entropy, weight, eps)
+    want_grad, want_stats, weighted, smooth = row_flags(z, grad, entropy, weight, eps)
     t = target[n]
     row0 = z[n]
     bsum = 0.0  # sum_c beta_c,        beta_c = w_c t'_c
@@ -120,7 +105,7 @@ def probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, 
             b *= weight[c]
         bsum += b
         bz += b * (cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c])
-    row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
+    row, m, s = row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
     l_se = m + math.log(s)
     loss[n] = bsum * l_se - bz + lam * l_se * l_se
     if want_grad:
@@ -136,7 +121,7 @@ def probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, 
                 b *= weight[j]
             e[j] = z.dtype.type(e[j] * scale - k * b)
         if cap > 0.0:
-            _softcap_backward(e, row, cap)
+            softcap_backward(e, row, cap)
 
 
 _F32 = np.float32
@@ -261,7 +246,7 @@ def _softcap_row(z, cap, out):
 
 
 @njit(**JIT)
-def _softcap_backward(g, zc, cap):
+def softcap_backward(g, zc, cap):
     """g_j *= d(cap tanh(z_j / cap))/dz_j = 1 - tanh(z_j / cap)**2, zc being the capped logits."""
     for j in range(g.shape[0]):
         t = zc[j] / cap
@@ -269,7 +254,7 @@ def _softcap_backward(g, zc, cap):
 
 
 @njit(**JIT)
-def _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy):
+def row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy):
     """The shared first half of a row: optional softcap, max, exp and sum, and the statistics.
 
     Returns (row, m, s) where row is the (capped) logits, m their max and s = sum exp(row - m);
@@ -299,8 +284,48 @@ def _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy):
     return row, m, s
 
 
+@njit(**JIT)
+def ignored_row(z, n, cap, grad, want_grad, want_stats, loss, lse, argmax, entropy):
+    """An ignored position n: loss 0 and gradient 0; its statistics if asked for (lse is NaN otherwise)."""
+    loss[n] = 0.0
+    if want_stats:
+        row_softmax(z, n, cap, grad, False, True, lse, argmax, entropy)
+    else:
+        lse[n] = np.nan
+    if want_grad:
+        grad[n, :] = 0
+
+
 @njit(inline="always", **JIT)
-def _row_flags(z, grad, entropy, weight, eps):
+def weighted_logit_sum(row, weight, weighted, cap):
+    """sum_c w_c z_c over the (soft-capped) logits of a row (w_c = 1 without class weights)."""
+    wz = 0.0
+    for c in range(row.shape[0]):
+        zc = cap * math.tanh(row[c] / cap) if cap > 0.0 else row[c]
+        wz += (weight[c] if weighted else 1.0) * zc
+    return wz
+
+
+@njit(inline="always", **JIT)
+def softmax_grad(e, scale, k, smooth, weight, weighted):
+    """e_j = e_j * scale - k smooth w_j in place (w_j = 1 without class weights): the dense part of a row's
+    gradient, coef * (alpha a_j - (eps / C) w_j) for scale = coef alpha / s, k = coef, smooth = eps / C,
+    from the exponentials e_j = exp(z_j - m) that `row_softmax` left in the row."""
+    C = e.shape[0]
+    if smooth > 0.0 and weighted:
+        for j in range(C):
+            e[j] = e[j] * scale - e.dtype.type(k * smooth * weight[j])
+    elif smooth > 0.0:
+        b = e.dtype.type(k * smooth)
+        for j in range(C):
+            e[j] = e[j] * scale - b
+    else:
+        for j in range(C):
+            e[j] = e[j] * scale
+
+
+@njit(inline="always", **JIT)
+def row_flags(z, grad, entropy, weight, eps):
     """(want_grad, want_stats, weighted, eps / C): which outputs the caller asked for, by their sizes."""
     P, C = z.shape
     return (

@@ -16,7 +16,7 @@ whose entries are all padding is ignored: loss 0, gradient 0, statistics still c
 (lse is NaN otherwise), as `_rows.index_row` does for ignore_index.
 
 Classes absent from the target contribute exactly nothing (no 0 * ln 0 term), so without smoothing
-a -inf logit on such a class is fine; the softmax half of a row (`_rows._row_softmax`: softcap, max,
+a -inf logit on such a class is fine; the softmax half of a row (`_rows.row_softmax`: softcap, max,
 exp, sum, statistics) is shared with the dense kernels.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT
-from ._rows import _row_flags, _row_softmax, _softcap_backward, weight_sum
+from ._rows import ignored_row, row_flags, row_softmax, softcap_backward, softmax_grad, weight_sum, weighted_logit_sum
 
 __all__ = ["sparse_row", "sparse_rows"]
 
@@ -36,8 +36,7 @@ __all__ = ["sparse_row", "sparse_rows"]
 @njit(**JIT)
 def sparse_row(n, z, indptr, indices, values, weight, wsum, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
     """Row n: entries indices/values[indptr[n]:indptr[n + 1]] of the sparse target (see module doc)."""
-    C = z.shape[1]
-    want_grad, want_stats, weighted, smooth = _row_flags(z, grad, entropy, weight, eps)
+    want_grad, want_stats, weighted, smooth = row_flags(z, grad, entropy, weight, eps)
     k0, k1 = indptr[n], indptr[n + 1]
     kept = False
     for k in range(k0, k1):
@@ -45,13 +44,7 @@ def sparse_row(n, z, indptr, indices, values, weight, wsum, eps, lam, cap, coef,
             kept = True
             break
     if not kept:  # all padding: an ignored position
-        loss[n] = 0.0
-        if want_stats:
-            _row_softmax(z, n, cap, grad, False, True, lse, argmax, entropy)
-        else:
-            lse[n] = np.nan
-        if want_grad:
-            grad[n, :] = 0
+        ignored_row(z, n, cap, grad, want_grad, want_stats, loss, lse, argmax, entropy)
         return
     # read the target entries' logits before grad[n] (maybe z[n] itself) is overwritten
     row0 = z[n]
@@ -66,40 +59,26 @@ def sparse_row(n, z, indptr, indices, values, weight, wsum, eps, lam, cap, coef,
     bsum = (1.0 - eps) * vs
     bz = (1.0 - eps) * vz
     if smooth > 0.0:
-        wz = 0.0  # sum_c w_c z_c
-        for c in range(C):
-            zc = cap * math.tanh(row0[c] / cap) if cap > 0.0 else row0[c]
-            wz += (weight[c] if weighted else 1.0) * zc
         bsum += smooth * wsum
-        bz += smooth * wz
-    row, m, s = _row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
+        bz += smooth * weighted_logit_sum(row0, weight, weighted, cap)  # sum_c w_c z_c
+    row, m, s = row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
     l_se = m + math.log(s)  # NaN for a non-finite row
     loss[n] = bsum * l_se - bz + lam * l_se * l_se  # sum_c beta_c (lse - z_c) + lam lse^2
     if want_grad:
-        e = grad[n]  # e_j = exp(z_j - m), left by _row_softmax
+        e = grad[n]  # e_j = exp(z_j - m), left by row_softmax
         if s != s:
             e[:] = np.nan
             return
         kn = coef[n]
         # dense part: dz_j = coef * ((bsum + 2 lam lse) a_j - (eps / C) w_j),  a_j = e_j / s
-        scale = z.dtype.type(kn * (bsum + 2.0 * lam * l_se) / s)
-        if smooth > 0.0 and weighted:
-            for j in range(C):
-                e[j] = e[j] * scale - z.dtype.type(kn * smooth * weight[j])
-        elif smooth > 0.0:
-            b = z.dtype.type(kn * smooth)
-            for j in range(C):
-                e[j] = e[j] * scale - b
-        else:
-            for j in range(C):
-                e[j] = e[j] * scale
+        softmax_grad(e, z.dtype.type(kn * (bsum + 2.0 * lam * l_se) / s), kn, smooth, weight, weighted)
         # sparse part: dz_{i_k} -= coef (1 - eps) w_{i_k} v_k   (duplicates subtract twice)
         for k in range(k0, k1):
             i = indices[k]
             if i >= 0:
                 e[i] = z.dtype.type(e[i] - kn * (1.0 - eps) * values[k] * (weight[i] if weighted else 1.0))
         if cap > 0.0:
-            _softcap_backward(e, row, cap)
+            softcap_backward(e, row, cap)
 
 
 def sparse_rows(

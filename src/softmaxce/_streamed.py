@@ -1,7 +1,7 @@
 """The streamed float32 pipeline for class-index targets: the case that decides training speed.
 
 Taken for float32 logits without softcap, statistics or class-weighted label smoothing (`streams`).
-It computes what `_rows._index_row` computes (see `_rows.py` for the formulas), but reads each row
+It computes what `_rows.index_row` computes (see `_rows.py` for the formulas), but reads each row
 from memory once, in blocks of about `BLOCK` entries that sit in L1 while they are used, and writes
 the gradient once, with non-temporal stores where the CPU has AVX2 and FMA (`_x86.py`).
 """

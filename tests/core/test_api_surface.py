@@ -109,3 +109,35 @@ def test_classifier_is_reachable_from_the_package_without_importing_it_eagerly()
     assert "SoftmaxClassifier" in softmaxce.__all__ and "SoftmaxClassifier" in dir(softmaxce)
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         softmaxce.nonexistent  # noqa: B018
+
+
+_PUBLIC_MODULES = [
+    "softmaxce",
+    "softmaxce.torch",
+    "softmaxce.torch.distributed",
+    "softmaxce.classifier",
+    "softmaxce.cli",
+    "softmaxce.transformers",
+]
+
+
+@pytest.mark.parametrize("module_name", _PUBLIC_MODULES)
+def test_every_public_function_and_method_has_a_return_annotation(module_name):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    missing = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if inspect.isfunction(obj):
+            funcs = [(name, obj)]
+        elif inspect.isclass(obj):  # methods the class itself defines (not those it inherits)
+            funcs = [
+                (f"{name}.{attr}", value)
+                for attr, value in vars(obj).items()
+                if inspect.isfunction(value) and (not attr.startswith("_") or attr in ("__init__", "forward"))
+            ]
+        else:
+            continue
+        missing += [qual for qual, f in funcs if inspect.signature(f).return_annotation is inspect.Signature.empty]
+    assert missing == [], f"{module_name}: no return annotation on {missing}"

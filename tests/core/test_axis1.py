@@ -4,12 +4,11 @@ block, special values, in-place gradient, inputs left alone, and 1 vs 2 threads 
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-import softmaxce
+from kernel_calls import kernel_arrays, serial_one_thread_and_parallel
 from reference import reference_cross_entropy
 from softmaxce import _axis1, _threads
 
@@ -23,49 +22,21 @@ OPTIONS = {
 }
 
 
-def run_axis1(
-    logits,
-    target,
-    *,
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    grad_output=None,
-    stats=False,
-    parallel=True,
-    inplace=False,
-):
+def run_axis1(logits, target, *, parallel=True, inplace=False, **options):
     """The kernel as the engine would call it, reduction="none": returns (loss, grad, lse, argmax, entropy)
-    with the loss and statistics in the positions' shape and the gradient in the logits' shape."""
+    with the loss and statistics in the positions' shape and the gradient in the logits' shape.
+
+    options: weight, ignore_index, label_smoothing, z_loss, softcap, grad_output, stats (`kernel_arrays`)."""
     N, C = logits.shape[:2]
     S = int(np.prod(logits.shape[2:]))
     P = N * S
-    w = np.empty(0) if weight is None else np.asarray(weight, np.float64)
-    coef = np.ones(P) if grad_output is None else np.asarray(grad_output, np.float64).reshape(P)
+    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(P, **options)
     grad = logits if inplace else np.empty_like(logits)
-    loss, lse = np.empty(P), np.empty(P)
-    argmax, entropy = np.empty(P if stats else 0, np.int64), np.empty(P if stats else 0)
     z3, g3 = logits.reshape(N, C, S), grad.reshape(N, C, S)
     t = np.asarray(target, np.int64).reshape(P)
     with _threads.kernel_region(parallel):
-        _axis1.index_axis1(
-            parallel,
-            z3,
-            t,
-            w,
-            label_smoothing,
-            z_loss,
-            softcap or 0.0,
-            ignore_index,
-            coef,
-            g3,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+        _axis1.index_axis1(parallel, z3, t, w, eps, lam, cap, ii, coef, g3, *outputs)
+    loss, lse, argmax, entropy = outputs
     positions = target.shape
     return loss.reshape(positions), grad, lse.reshape(positions), argmax, entropy
 
@@ -142,14 +113,7 @@ def test_one_and_two_threads_bit_identical(rng, shape):
     logits, target = _problem(rng, shape, np.float32)
     target.reshape(-1)[::7] = 255
     opts = dict(ignore_index=255, label_smoothing=0.1, softcap=8.0, weight=rng.uniform(0.5, 2.0, shape[1]))
-    before = softmaxce.get_num_threads()
-    try:
-        softmaxce.set_num_threads(1)
-        one = run_axis1(logits, target, stats=True, parallel=False, **opts)
-        softmaxce.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = run_axis1(logits, target, stats=True, parallel=True, **opts)
-    finally:
-        softmaxce.set_num_threads(before)
+    one, two = serial_one_thread_and_parallel(run_axis1, logits, target, stats=True, **opts)
     for a, b in zip(one, two, strict=True):
         assert_array_equal(a, b)
 

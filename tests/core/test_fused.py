@@ -8,17 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import softmaxce
+from option_cases import FRONT_END_OPTIONS
 
 RNG = np.random.default_rng(1234)
-OPTION_CASES = {
-    "plain": {},
-    "weight": {"weight": "w"},
-    "smooth": {"label_smoothing": 0.2},
-    "weight-smooth": {"weight": "w", "label_smoothing": 0.1},
-    "zloss": {"z_loss": 1e-2},
-    "softcap": {"softcap": 3.0},
-    "all": {"weight": "w", "label_smoothing": 0.15, "z_loss": 1e-3, "softcap": 4.0},
-}
+OPTION_CASES = FRONT_END_OPTIONS
 
 
 def _problem(P=29, D=7, V=23, probability=False, ignored=True, seed=0):

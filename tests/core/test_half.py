@@ -17,6 +17,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import softmaxce
+from kernel_calls import kernel_arrays
+from option_cases import KERNEL_OPTIONS
 from reference import reference_cross_entropy, reference_stats
 from softmaxce import _half, _kernels, _threads
 
@@ -27,15 +29,7 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
 MIN_EXPONENT = {"bfloat16": -126, "float16": -14}  # of the normal numbers
 CLASSES = [1, 2, 3, 7, 17, 1000]
-OPTIONS = {
-    "plain": {},
-    "ignore-weight": {"ignore_index": 1, "weight": "w"},
-    "smooth": {"label_smoothing": 0.2},
-    "smooth-weight": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 0},
-    "zloss": {"z_loss": 1e-3},
-    "softcap": {"softcap": 5.0},
-    "everything": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 2, "z_loss": 1e-3, "softcap": 4.0},
-}
+OPTIONS = KERNEL_OPTIONS
 TORCH_OPTIONS = ("plain", "ignore-weight", "smooth", "smooth-weight")  # what F.cross_entropy also has
 
 
@@ -72,39 +66,21 @@ def _options(opts, rng, C):
     return opts
 
 
-def run_half(
-    bits,
-    target,
-    kind,
-    *,
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    grad_output=None,
-    stats=False,
-    parallel=True,
-    grad="new",
-):
-    """The kernel as the engine would call it, reduction "none": (loss, grad bits, lse, argmax, entropy)."""
+def run_half(bits, target, kind, *, parallel=True, grad="new", **options):
+    """The kernel as the engine would call it, reduction "none": (loss, grad bits, lse, argmax, entropy).
+
+    options: weight, ignore_index, label_smoothing, z_loss, softcap, grad_output, stats (`kernel_arrays`)."""
     P, C = bits.shape
-    w = np.empty(0) if weight is None else np.asarray(weight, np.float64)
-    coef = np.ones(P) if grad_output is None else np.asarray(grad_output, np.float64)
+    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(P, **options)
     g = {"new": np.empty_like(bits), "none": np.empty((0, C), np.uint16), "inplace": bits}[grad]
-    loss, lse = np.empty(P), np.empty(P)
-    argmax, entropy = np.empty(P if stats else 0, np.int64), np.empty(P if stats else 0)
-    eps, cap = label_smoothing, softcap or 0.0
     with _threads.kernel_region(parallel):
         if np.ndim(target) == 2:
             t = np.ascontiguousarray(target, np.float32)
-            _half.probability_rows_half(
-                parallel, kind, bits, t, w, eps, z_loss, cap, coef, g, loss, lse, argmax, entropy
-            )
+            _half.probability_rows_half(parallel, kind, bits, t, w, eps, lam, cap, coef, g, *outputs)
         else:
             t = np.asarray(target, np.int64)
-            ii = ignore_index
-            _half.index_rows_half(parallel, kind, bits, t, w, eps, z_loss, cap, ii, coef, g, loss, lse, argmax, entropy)
+            _half.index_rows_half(parallel, kind, bits, t, w, eps, lam, cap, ii, coef, g, *outputs)
+    loss, lse, argmax, entropy = outputs
     return loss, g, lse, argmax, entropy
 
 

@@ -4,68 +4,32 @@ gradient written in place of the logits, inputs left alone, and 1 vs 2 threads b
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-import softmaxce
+from kernel_calls import kernel_arrays, serial_one_thread_and_parallel
+from option_cases import KERNEL_OPTIONS
 from reference import reference_cross_entropy, reference_stats
 from softmaxce import _small, _threads
 
 CLASSES = [1, 2, 3, 7, 10, 17, 100, 128]
-OPTIONS = {
-    "plain": {},
-    "ignore-weight": {"ignore_index": 1, "weight": "w"},
-    "smooth": {"label_smoothing": 0.2},
-    "smooth-weight": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 0},
-    "zloss": {"z_loss": 1e-3},
-    "softcap": {"softcap": 5.0},
-    "everything": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 2, "z_loss": 1e-3, "softcap": 4.0},
-}
+OPTIONS = KERNEL_OPTIONS
 # float32: the row's exp sum is a float32 sum (as in every float32 kernel), about 1e-7 absolute on ln s
 TOL = {np.float32: dict(loss=1e-6, grad=1e-6), np.float64: dict(loss=1e-12, grad=1e-13)}
 
 
-def run_small(
-    logits,
-    target,
-    *,
-    weight=None,
-    ignore_index=-100,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    softcap=None,
-    grad_output=None,
-    stats=False,
-    parallel=True,
-    grad="new",
-):
-    """The kernel as the engine calls it, for reduction="none": returns (loss, grad, lse, argmax, entropy)."""
+def run_small(logits, target, *, parallel=True, grad="new", **options):
+    """The kernel as the engine calls it, for reduction="none": returns (loss, grad, lse, argmax, entropy).
+
+    options: weight, ignore_index, label_smoothing, z_loss, softcap, grad_output, stats (`kernel_arrays`)."""
     P, C = logits.shape
-    w = np.empty(0) if weight is None else np.asarray(weight, np.float64)
-    coef = np.ones(P) if grad_output is None else np.asarray(grad_output, np.float64)
+    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(P, **options)
     g = {"new": np.empty_like(logits), "none": np.empty((0, C), logits.dtype), "inplace": logits}[grad]
-    loss, lse = np.empty(P), np.empty(P)
-    argmax, entropy = np.empty(P if stats else 0, np.int64), np.empty(P if stats else 0)
     t = np.asarray(target, np.int64)
     with _threads.kernel_region(parallel):
-        _small.index_rows_small(
-            parallel,
-            logits,
-            t,
-            w,
-            label_smoothing,
-            z_loss,
-            softcap or 0.0,
-            ignore_index,
-            coef,
-            g,
-            loss,
-            lse,
-            argmax,
-            entropy,
-        )
+        _small.index_rows_small(parallel, logits, t, w, eps, lam, cap, ii, coef, g, *outputs)
+    loss, lse, argmax, entropy = outputs
     return loss, (None if grad == "none" else g), lse, argmax, entropy
 
 
@@ -149,14 +113,7 @@ def test_one_and_two_threads_bit_identical(rng, dtype, C):
     logits, target = _problem(rng, 50_000 // C * 3 + 7, C, dtype)
     target[::9] = -100
     opts = dict(label_smoothing=0.1, z_loss=1e-4, weight=rng.uniform(0.5, 2.0, C), grad_output=rng.random(len(target)))
-    before = softmaxce.get_num_threads()
-    try:
-        softmaxce.set_num_threads(1)
-        one = run_small(logits, target, stats=True, parallel=False, **opts)
-        softmaxce.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = run_small(logits, target, stats=True, parallel=True, **opts)
-    finally:
-        softmaxce.set_num_threads(before)
+    one, two = serial_one_thread_and_parallel(run_small, logits, target, stats=True, **opts)
     for a, b in zip(one, two, strict=True):
         assert_array_equal(a, b)
 

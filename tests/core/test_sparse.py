@@ -8,18 +8,11 @@ import pytest
 import scipy.sparse as sp
 
 import softmaxce
+from option_cases import FRONT_END_OPTIONS
 from reference import central_difference_grad, reference_cross_entropy, reference_stats
 from softmaxce import SparseTarget
 
-OPTIONS = {
-    "plain": {},
-    "weight": {"weight": "w"},
-    "smooth": {"label_smoothing": 0.2},
-    "weight-smooth": {"weight": "w", "label_smoothing": 0.1},
-    "zloss": {"z_loss": 1e-2},
-    "softcap": {"softcap": 3.0},
-    "all": {"weight": "w", "label_smoothing": 0.15, "z_loss": 1e-2, "softcap": 4.0},
-}
+OPTIONS = FRONT_END_OPTIONS
 REDUCTIONS = ("mean", "sum", "none")
 SHAPES = {"2d": (9, 13), "kdim": (3, 7, 2, 3), "1d": (11,)}
 

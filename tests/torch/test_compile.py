@@ -54,7 +54,7 @@ def test_compiled_matches_eager(head, reduction, dtype):
 
 def test_opcheck():
     """torch.library.opcheck: schema, fake kernels and autograd registration are consistent."""
-    from softmaxce.torch import _ops
+    from softmaxce.torch import _linear_ops, _ops
 
     z = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 3, -100, 6, 2])
@@ -64,4 +64,4 @@ def test_opcheck():
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     W = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(_ops._lce_fwd, (x, W, t, b, w, -100, 0.1, 1e-3, 0.0, "sum", 2, True, True, True, ""))
+    torch.library.opcheck(_linear_ops._lce_fwd, (x, W, t, b, w, -100, 0.1, 1e-3, 0.0, "sum", 2, True, True, True, ""))

@@ -15,7 +15,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 
 import softmaxce.torch as sce
-from softmaxce.torch import _composite, _ops
+from softmaxce.torch import _composite, _linear_ops, _ops
 
 D64 = torch.float64
 
@@ -240,7 +240,9 @@ def test_opcheck_backward_ops():
     up = torch.rand(5, dtype=D64)
     torch.library.opcheck(_ops._ce_bwd, (z, t, None, up, -100, 0.1, 1e-3, 2.0, "none", ""))
     x, W, b = torch.randn(5, 4, dtype=D64), torch.randn(7, 4, dtype=D64), torch.randn(7, dtype=D64)
-    torch.library.opcheck(_ops._lce_bwd, (x, W, t, b, None, up, -100, 0.1, 0.0, 0.0, "none", 2, True, True, True, ""))
+    torch.library.opcheck(
+        _linear_ops._lce_bwd, (x, W, t, b, None, up, -100, 0.1, 0.0, 0.0, "none", 2, True, True, True, "")
+    )
 
 
 # ----------------------------------------------------------------------------- autocast

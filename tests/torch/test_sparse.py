@@ -17,7 +17,7 @@ from _torchref import ref_cross_entropy
 import softmaxce
 import softmaxce.torch as sce
 from softmaxce import SparseTarget
-from softmaxce.torch import _ops
+from softmaxce.torch import _linear_ops, _ops
 
 PATHS = ["numpy", "chunked"]
 
@@ -423,10 +423,10 @@ def test_opcheck():
     W = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, dtype=torch.float64, requires_grad=True)
     args = (x, W, idx, b, w, -100, 0.1, 1e-3, 0.0, "sum", 2, True, True, True, "", v)
-    torch.library.opcheck(_ops._lce_fwd, args)
+    torch.library.opcheck(_linear_ops._lce_fwd, args)
     x, W, b = x.detach(), W.detach(), b.detach()  # the backward ops have no autograd of their own
     bwd = (x, W, idx, b, None, up, -100, 0.1, 0.0, 0.0, "none", 2, True, True, True, "torch", val)
-    torch.library.opcheck(_ops._lce_bwd, bwd)
+    torch.library.opcheck(_linear_ops._lce_bwd, bwd)
 
 
 def test_numpy_front_end_agrees():

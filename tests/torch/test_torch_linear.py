@@ -10,7 +10,7 @@ from _torchref import assert_drop_in_signature, assert_raises_like_torch, ref_cr
 
 import softmaxce.torch as sce
 from softmaxce import _engine
-from softmaxce.torch import _chunked, _ops
+from softmaxce.torch import _chunked, _linear_ops, _ops
 
 
 @pytest.fixture(params=["numpy", "chunked"])
@@ -140,7 +140,7 @@ def test_options_chunk_size_is_used():
 def test_chunks_fill_the_engine_byte_budget(monkeypatch, dtype, rows):
     """The chunked head's rows per chunk come from softmaxce._engine.CHUNK_BYTES over (classes x the
     accumulation dtype's itemsize): 264 bytes are 3 rows of 11 float64 logits, 6 rows of 11 float32."""
-    monkeypatch.setattr(_ops, "_numpy_path", lambda t: False)
+    monkeypatch.setattr(_linear_ops, "_numpy_path", lambda t: False)
     monkeypatch.setattr(_engine, "CHUNK_BYTES", 3 * 11 * 8)
     seen = []
     chunk = _chunked._chunk

@@ -19,7 +19,7 @@ from torch.nn import LinearCrossEntropyOptions
 from .._options import CEOptions, OptionError
 from .._sparse import SparseTarget
 from .._validation import BatchSizeError, Layout, check_layout
-from . import _dtypes, _ops, _sparse_targets, _triton
+from . import _dtypes, _linear_ops, _ops, _sparse_targets, _triton
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -310,7 +310,7 @@ def linear_cross_entropy(
     chunk_size = getattr(options, "batch_chunk_size", None)
     # With options set, PyTorch's chunked path ignores autocast and computes in the inputs' dtypes.
     with torch.autocast(input.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        loss = _ops.linear_cross_entropy_rows(
+        loss = _linear_ops.linear_cross_entropy_rows(
             x, linear_weight, t, linear_bias, weight, ce_options, chunk_size, backend, values=values
         )
     if reduction == "none":

@@ -267,12 +267,10 @@ def _logits_tile(
     SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """z = cap tanh((x W^T + b) / cap) for a (BLOCK_P, BLOCK_V) tile in float32; -inf in masked columns."""
-    acc = tl.full((BLOCK_P, BLOCK_V), 0.0, tl.float32)
+    """z = cap tanh((x W^T + b) / cap) for the (rows, cols) tile in float32; -inf in masked columns."""
+    acc = tl.full((rows64.shape[0], cols.shape[0]), 0.0, tl.float32)
     cols64 = cols.to(tl.int64)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
@@ -330,22 +328,7 @@ def _lce_forward(
         cols = v0 + tl.arange(0, BLOCK_V)
         cmask = cols < V
         z = _logits_tile(
-            x_ptr,
-            W_ptr,
-            b_ptr,
-            rows64,
-            cols,
-            rmask,
-            cmask,
-            D,
-            cap,
-            HAS_BIAS,
-            SOFTCAP,
-            UPCAST,
-            PRECISION,
-            BLOCK_P,
-            BLOCK_V,
-            BLOCK_D,
+            x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
         dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
         m, s, sd, sdz, zy = _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB, DENSE)
@@ -404,22 +387,7 @@ def _lce_backward_rows(
         cmask = cols < V
         cols64 = cols.to(tl.int64)
         z = _logits_tile(
-            x_ptr,
-            W_ptr,
-            b_ptr,
-            rows64,
-            cols,
-            rmask,
-            cmask,
-            D,
-            cap,
-            HAS_BIAS,
-            SOFTCAP,
-            UPCAST,
-            PRECISION,
-            BLOCK_P,
-            BLOCK_V,
-            BLOCK_D,
+            x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
         dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
         g = _grad_tile(z, cols, cmask, rmask, y, w_y, kept, lse, alpha, k, dense, eps, cap, SOFTCAP, IS_PROB, DENSE)
@@ -495,22 +463,7 @@ def _lce_backward_cols(
         alpha = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)
         k = tl.load(k_ptr + rows64 * k_stride, mask=rmask, other=0.0).to(tl.float32)
         z = _logits_tile(
-            x_ptr,
-            W_ptr,
-            b_ptr,
-            rows64,
-            cols,
-            rmask,
-            cmask,
-            D,
-            cap,
-            HAS_BIAS,
-            SOFTCAP,
-            UPCAST,
-            PRECISION,
-            BLOCK_P,
-            BLOCK_V,
-            BLOCK_D,
+            x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
         dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
         g = _grad_tile(z, cols, cmask, rmask, y, w_y, kept, lse, alpha, k, dense, eps, cap, SOFTCAP, IS_PROB, DENSE)

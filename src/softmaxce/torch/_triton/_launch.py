@@ -1,7 +1,7 @@
 """Launchers of the Triton kernels (`_kernels.py`) with the contract of the chunked torch path.
 
 `cross_entropy_rows` and `linear_cross_entropy_rows` take and return what `_ops._ce_chunked` and
-`_ops._lce_chunked` do, so the op layer dispatches to either: the loss reduced per
+`_linear_ops._lce_chunked` do, so the op layer dispatches to either: the loss reduced per
 `options.reduction` ("mean" divides by SEMANTICS.md's normalizer), and the gradients
 d(loss)/d(input) times the upstream gradient (1 when `grad_output` is None; per position for "none").
 The normalizer, the row coefficients k = dJ/dl_n and the reduction of the per-row losses are the
