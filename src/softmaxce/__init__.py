@@ -2,7 +2,7 @@
 
 NumPy functions (this module), a fused linear + cross-entropy head that never holds the logits,
 PyTorch front ends (`softmaxce.torch`), a vocabulary-parallel head, a scikit-learn classifier and
-a CLI. Every front end computes the function in SEMANTICS.md.
+a CLI. Every front end computes the function in docs/SEMANTICS.md.
 """
 
 from ._api import (

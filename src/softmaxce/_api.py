@@ -39,14 +39,14 @@ def cross_entropy(
     """Softmax cross-entropy loss: `torch.nn.functional.cross_entropy(logits, target, ...)` in NumPy.
 
     For logits z (class axis 1, or 0 for 1-D logits) and a = softmax(z), a position's loss is
-    -sum_i y_i ln a_i with y the (smoothed, class-weighted) target; see SEMANTICS.md.
+    -sum_i y_i ln a_i with y the (smoothed, class-weighted) target; see docs/SEMANTICS.md.
 
     Args:
         logits: (C), (N, C) or (N, C, d1, ..., dk) floating array. float16 computes in float32.
         target: class indices ((), (N) or (N, d1, ..., dk), any integer dtype), class
             probabilities (the logits' shape, floating), or a sparse probability target: a
             `SparseTarget` of (positions..., K) entries or a scipy.sparse (positions, C) matrix,
-            never densified; its all-padding positions are ignored (SEMANTICS.md, "Sparse targets").
+            never densified; its all-padding positions are ignored (docs/SEMANTICS.md, "Sparse targets").
         weight: optional (C,) class weights.
         ignore_index: class index whose positions are skipped (class-index targets).
         reduction: "mean" (weighted mean over non-ignored positions; for probability targets the

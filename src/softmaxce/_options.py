@@ -1,6 +1,6 @@
 """The one options object every front end shares.
 
-`CEOptions` carries the scalar options of the softmax cross-entropy contract (SEMANTICS.md). It is
+`CEOptions` carries the scalar options of the softmax cross-entropy contract (docs/SEMANTICS.md). It is
 validated once, on construction, so the NumPy functions, the fused head, the PyTorch front ends, the
 vocab-parallel head and the classifier cannot drift apart on what an option means or allows.
 The class weight travels separately because its array type depends on the front end.

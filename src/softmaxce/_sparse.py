@@ -5,7 +5,7 @@ A `SparseTarget` with indices (..., K) and values (..., K) stands for the dense 
     y[n, indices[n, k]] += values[n, k]        (duplicates add; a negative index is padding)
 
 and a position whose K entries are all padding is ignored: no loss, no gradient, not counted by
-"mean" (SEMANTICS.md, "Sparse targets"). A scipy.sparse (P, C) matrix is the same thing with one row
+"mean" (docs/SEMANTICS.md, "Sparse targets"). A scipy.sparse (P, C) matrix is the same thing with one row
 per position; a row with no stored entries is an ignored position.
 
 `sparse_rows` turns either into `SparseRows`, the CSR-like form the numba kernels take (row n's

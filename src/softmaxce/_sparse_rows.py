@@ -2,7 +2,7 @@
 
 Row n's target is y = scatter(v) over its entries (i_k, v_k) (duplicates add, i_k < 0 is padding),
 smoothed to t' = (1 - eps) y + eps / C and weighted: beta_c = w_c t'_c. With lse the log-sum-exp of
-the (soft-capped) logits z, a = softmax(z), lam = z_loss and coef = dJ/dl_n (SEMANTICS.md):
+the (soft-capped) logits z, a = softmax(z), lam = z_loss and coef = dJ/dl_n (docs/SEMANTICS.md):
 
     loss   = sum_c beta_c (lse - z_c) + lam lse^2 = bsum * lse - bz + lam lse^2
     bsum   = sum_c beta_c     = (1 - eps) sum_k w_{i_k} v_k           + (eps / C) sum_c w_c

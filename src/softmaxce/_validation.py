@@ -1,4 +1,4 @@
-"""Shape, dtype and option checks shared by every front end (SEMANTICS.md, "Errors").
+"""Shape, dtype and option checks shared by every front end (docs/SEMANTICS.md, "Errors").
 
 The checks work on metadata only (shapes, dtype kinds and names), so the NumPy and the PyTorch front
 ends run the very same rules. Each exception class derives from the Python exception a NumPy user
@@ -141,7 +141,7 @@ def check_sparse_layout(
     *,
     matrix: bool = False,
 ) -> Layout:
-    """`check_layout` for a sparse target (SEMANTICS.md, "Sparse targets"): `target_shape` is a
+    """`check_layout` for a sparse target (docs/SEMANTICS.md, "Sparse targets"): `target_shape` is a
     SparseTarget's leading shape (indices.shape[:-1]), which must be the positions' shape, or with
     `matrix` a sparse matrix's shape, which must be (number of positions, C). The entries' dtypes
     are SparseTarget's own checks; indices against C are checked where the entries are read."""

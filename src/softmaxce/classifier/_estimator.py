@@ -106,7 +106,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             defaults (adam, 4e-3, beta_2 0.99) converge on digits in ~40% of MLPClassifier's epochs.
         n_iter_no_change: epochs without improvement (see tol) before stopping.
         class_weight: None, "balanced" (n_samples / (n_classes * count)) or a {label: weight}
-            dict; passed as softmaxce's `weight=` (see SEMANTICS.md for its meaning with label
+            dict; passed as softmaxce's `weight=` (see docs/SEMANTICS.md for its meaning with label
             smoothing and soft targets).
         label_smoothing: eps in [0, 1]: targets become (1 - eps) y + eps / n_classes.
         z_loss: lam >= 0 adds lam * lse(z)**2 per sample (PaLM's z-loss).

@@ -81,7 +81,7 @@ def check_targets(target: torch.Tensor, num_classes: int, ignore_index: int) -> 
 def check_sparse_indices(
     indices: torch.Tensor, num_classes: int, positions_shape: tuple[int, ...] | None = None
 ) -> None:
-    """IndexError naming the first index >= C of a sparse target, its position and entry (SEMANTICS.md);
+    """IndexError naming the first index >= C of a sparse target, its position and entry (docs/SEMANTICS.md);
     positions_shape (default: rows, indices (P, K)) names the position. A device assert off the CPU."""
     bad = indices >= num_classes
     if indices.device.type != "cpu":

@@ -2,7 +2,7 @@
 torch.func transforms and forward-mode AD.
 
 For row logits z (P, C), soft-capped to s tanh(z / s) when softcap s is set, ln a = log_softmax(z),
-lse = logsumexp(z), and beta, omega from `_rowmath.py` (SEMANTICS.md):
+lse = logsumexp(z), and beta, omega from `_rowmath.py` (docs/SEMANTICS.md):
 
     l_n = -sum_j beta_nj ln a_nj + lam omega_n lse_n^2        (0 for an ignored position)
     J   = sum_n l_n / sum_n omega_n ("mean"; P for probability targets),  sum_n l_n ("sum"),  l ("none")

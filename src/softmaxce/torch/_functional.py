@@ -101,7 +101,7 @@ def cross_entropy(
 
     For logits z (class axis 1, or 0 for 1-D input), a = softmax(z) and the smoothed, class-weighted
     target y, a position's loss is -sum_i y_i ln a_i and its gradient a - y (no weights or
-    smoothing); see SEMANTICS.md. Gradients flow to `input` and to a probability `target`
+    smoothing); see docs/SEMANTICS.md. Gradients flow to `input` and to a probability `target`
     (dL/dt = -(1 - eps) w ln a) when they require grad.
 
     Args:
@@ -109,7 +109,7 @@ def cross_entropy(
         target: class indices ((), (N) or (N, d1, ..., dk), integer), class probabilities
             (input's shape, floating), or a sparse probability target: `softmaxce.SparseTarget`
             (indices, values), each (*positions, K) (positions: (), (N) or (N, d1, ..., dk)), or a
-            torch sparse CSR / scipy.sparse (positions, C) matrix (SEMANTICS.md, "Sparse targets";
+            torch sparse CSR / scipy.sparse (positions, C) matrix (docs/SEMANTICS.md, "Sparse targets";
             never densified; gradients flow to its values).
         weight: optional (C,) class weights.
         size_average, reduce: deprecated, as in PyTorch (they override `reduction`).

@@ -23,7 +23,7 @@ step holds one gradient-sized buffer, which autograd then takes over as the inpu
 to a probability target is dL/dt = -(1 - eps) * k * w * ln a (`_rowmath.target_grad`, in backward).
 
 Sparse targets: every op takes a trailing `target_values` (P, K); when given, `target` is the (P, K)
-integer indices and the two are the rows of a `SparseTarget` (SEMANTICS.md, "Sparse targets"). The
+integer indices and the two are the rows of a `SparseTarget` (docs/SEMANTICS.md, "Sparse targets"). The
 NumPy engine reads them as `SparseRows`, the chunked path gathers and scatters K entries per row;
 the Triton kernels do not take them (CUDA tensors with a sparse target run the chunked path). The
 gradient with respect to the values is dL/dv_k = (1 - eps) k w_{i_k} (lse - z_{i_k}), 0 at padding

@@ -1,4 +1,4 @@
-"""The row math of softmax cross-entropy in torch primitives, written once (SEMANTICS.md).
+"""The row math of softmax cross-entropy in torch primitives, written once (docs/SEMANTICS.md).
 
 For one position (a row) with logits z over C classes, soft-capped to s tanh(z / s) when softcap s
 is set, a = softmax(z), class weights w (all ones when None), eps = label_smoothing, lam = z_loss

@@ -1,7 +1,7 @@
 """Sparse targets at the PyTorch front ends: accept, validate and lay out as (P, K) rows.
 
 A sparse target stands for the dense probability target y with y[n, indices[n, k]] += values[n, k]
-(duplicates add, a negative index is padding, an all-padding position is ignored; SEMANTICS.md,
+(duplicates add, a negative index is padding, an all-padding position is ignored; docs/SEMANTICS.md,
 "Sparse targets"). The front ends take it as
 
 - `softmaxce.SparseTarget(indices, values)`: (..., K) integer indices and floating values, leading

@@ -2,7 +2,7 @@
 autograd glue. The row math itself (loss, alpha, gradient rows) is `_rowmath.py`'s, given global sums.
 
 Each rank holds rows [vocab_start, vocab_start + Vs) of the classifier weight W (V, D). For every
-position n the global quantities are assembled from per-rank pieces (SEMANTICS.md, index targets):
+position n the global quantities are assembled from per-rank pieces (docs/SEMANTICS.md, index targets):
 
     m_n   = max_r m_rn                                          (all-reduce MAX)
     S_n   = sum_r exp(m_rn - m_n) * sum_{c in r} exp(z_nc - m_rn)  (all-reduce SUM, with the rest)

@@ -132,7 +132,7 @@ def vocab_parallel_linear_cross_entropy(
 
     Equals, on every rank, `F.cross_entropy(x @ W.T + b, target, weight=w, ...)` for the full
     W = cat(weight_shard of every rank in vocabulary order) (V, D), with the extensions of
-    SEMANTICS.md: per position, with z the (soft-capped) logits over the global vocabulary,
+    docs/SEMANTICS.md: per position, with z the (soft-capped) logits over the global vocabulary,
 
         l_n = (1 - eps) w_y (lse_n - z_ny) + (eps / V) sum_{c < V} w_c (lse_n - z_nc) + lam w_y lse_n^2
 

@@ -15,7 +15,7 @@ lam = z_loss and k = dJ/dl_n (the row's upstream coefficient, 0 for ignored rows
 (the class-index terms are absent for probability targets). Every row's sums are accumulated online,
 tile by tile over the classes: when the running max r grows by d, S is scaled by exp(-d) and Sdz
 loses Sd * d. The one-hot term is gathered as z_y, never multiplied into the other classes, so a
--inf logit on a non-target class contributes 0, as SEMANTICS.md asks.
+-inf logit on a non-target class contributes 0, as docs/SEMANTICS.md asks.
 
 Kernels (all programs own disjoint outputs except `_lce_backward_rows` with ATOMIC_DW):
 - `_ce_kernel`: logits given, BLOCK_P rows per program; pass 1 the sums, pass 2 (when a gradient is

@@ -2,7 +2,7 @@
 
 `cross_entropy_rows` and `linear_cross_entropy_rows` take and return what `_ops._ce_chunked` and
 `_linear_ops._lce_chunked` do, so the op layer dispatches to either: the loss reduced per
-`options.reduction` ("mean" divides by SEMANTICS.md's normalizer), and the gradients
+`options.reduction` ("mean" divides by docs/SEMANTICS.md's normalizer), and the gradients
 d(loss)/d(input) times the upstream gradient (1 when `grad_output` is None; per position for "none").
 The normalizer, the row coefficients k = dJ/dl_n and the reduction of the per-row losses are the
 torch path's own helpers (`_chunked.prepare` / `reduce`): device tensors, no host synchronization.
