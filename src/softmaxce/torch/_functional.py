@@ -57,12 +57,10 @@ def _validate(
 BACKENDS = (None, "triton", "torch")
 
 
-def _check_backend(backend: str | None, t: Tensor, sparse: bool = False) -> None:
+def _check_backend(backend: str | None, t: Tensor) -> None:
     """A valid backend; for "triton", one that can run t (else a clear error now, at call time)."""
     if backend not in BACKENDS:
         raise ValueError(f"{backend!r} is not a valid backend: use 'triton', 'torch' or None")
-    if backend == "triton" and sparse:
-        raise ValueError("backend='triton' does not take sparse targets: use backend=None or 'torch'")
     if backend == "triton":
         _triton.check(t.device, t.dtype)
 
@@ -182,7 +180,7 @@ def _sparse_cross_entropy(
     indices, values, layout = _sparse_targets.prepare(
         target, tuple(input.shape), input.dtype, input.device, weight, options
     )
-    _check_backend(backend, input, sparse=True)
+    _check_backend(backend, input)
     C, K = layout.num_classes, indices.shape[-1]
     z = input.unsqueeze(0) if input.dim() == 1 else input
     if input.dim() > 2:  # (N, C, d1..dk) -> (P, C) rows, class axis last
@@ -292,7 +290,7 @@ def linear_cross_entropy(
             backend=backend,
         )
     ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    _check_backend(backend, input, sparse)
+    _check_backend(backend, input)
     logits_dtype = torch.promote_types(input.dtype, linear_weight.dtype)
     x = input.unsqueeze(0) if input.dim() == 1 else input
     values = None

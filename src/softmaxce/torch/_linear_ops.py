@@ -92,7 +92,7 @@ def _lce_chunked(
 
 
 def _lce_impl(x, W, target, bias, weight, opts, chunk_size, want, grad_output, backend) -> _LinearResult:
-    if not isinstance(target, SparseTarget) and _use_triton(backend, x):
+    if _use_triton(backend, x):
         return _triton.linear_cross_entropy_rows(x, W, target, bias, weight, opts, want, grad_output)
     if _numpy_path(x) and x.dtype == W.dtype and backend != "torch":
         with _threads.torch_threads():

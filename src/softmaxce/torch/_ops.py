@@ -24,8 +24,8 @@ to a probability target is dL/dt = -(1 - eps) * k * w * ln a (`_rowmath.target_g
 
 Sparse targets: every op takes a trailing `target_values` (P, K); when given, `target` is the (P, K)
 integer indices and the two are the rows of a `SparseTarget` (docs/SEMANTICS.md, "Sparse targets"). The
-NumPy engine reads them as `SparseRows`, the chunked path gathers and scatters K entries per row;
-the Triton kernels do not take them (CUDA tensors with a sparse target run the chunked path). The
+NumPy engine reads them as `SparseRows`, the chunked path gathers and scatters K entries per row,
+the Triton kernels form each tile's target from the K entries (`_triton/_kernels.py`). The
 gradient with respect to the values is dL/dv_k = (1 - eps) k w_{i_k} (lse - z_{i_k}), 0 at padding
 (`_chunked.sparse_values_grad`, in backward); the indices get none. "mean" divides by the number of
 positions with an entry that is not padding.
@@ -214,7 +214,7 @@ def _ce_impl(
     grad_output: Tensor | None,
     backend: str,
 ) -> tuple[Tensor, Tensor | None]:
-    if not isinstance(target, SparseTarget) and _use_triton(backend, logits):
+    if _use_triton(backend, logits):
         return _triton.cross_entropy_rows(logits, target, weight, opts, want_grad, grad_output)
     half_ok = logits.device.type == "cpu" and logits.dtype in _HALF and not isinstance(target, SparseTarget)
     if (_numpy_path(logits) or half_ok) and backend != "torch":

@@ -12,7 +12,11 @@ lam = z_loss and k = dJ/dl_n (the row's upstream coefficient, 0 for ignored rows
     G_j    = dl/dz_j = k (alpha a_j - dense_j - (1 - eps) w_y [j == y]),  a_j = exp(z_j - lse),
              times 1 - (z_j / s)^2 with softcap s (z already capped)
 
-(the class-index terms are absent for probability targets). Every row's sums are accumulated online,
+(the class-index terms are absent for probability targets). A sparse target (IS_SPARSE, with IS_PROB:
+indices and values (P, K), negative index = padding) is a probability target whose tile t is formed in
+registers from the row's K entries (`_dense_tile`: t_c = sum_k v_k [i_k == c], duplicates adding), so
+loss, alpha and G (and in the fused head grad_x, grad_W, grad_b, atomic or deterministic) follow from
+the same code; an all-padding row is ignored (kept = False: loss 0, G 0). Every row's sums are accumulated online,
 tile by tile over the classes: when the running max r grows by d, S is scaled by exp(-d) and Sdz
 loses Sd * d. The one-hot term is gathered as z_y, never multiplied into the other classes, so a
 -inf logit on a non-target class contributes 0, as docs/SEMANTICS.md asks.
@@ -76,10 +80,29 @@ def _soft_cap(z, cap, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+def _row_target(
+    t_ptr,
+    t_stride,
+    rows,
+    rmask,
+    w_ptr,
+    ignore_index,
+    IS_PROB: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
+):
     """(y, w_y, kept) per row: the class (0 where ignored), w[y] (0 where ignored), y != ignore_index.
-    Probability targets: y = -1 (matches no column), w_y = 0, kept = True."""
-    if IS_PROB:
+    Probability targets: y = -1 (matches no column), w_y = 0, kept = True; sparse targets (IS_PROB
+    too) likewise, but kept = some entry is not padding (an all-padding row is ignored)."""
+    if IS_SPARSE:
+        y = tl.full(rows.shape, -1, tl.int64)
+        w_y = tl.full(rows.shape, 0.0, tl.float32)
+        rows64 = rows.to(tl.int64)
+        kept = rows < 0  # all False
+        for k in range(0, t_stride):
+            i = tl.load(t_ptr + rows64 * t_stride + k, mask=rmask, other=-1)
+            kept = kept | (i >= 0)
+    elif IS_PROB:
         y = tl.full(rows.shape, -1, tl.int64)
         w_y = tl.full(rows.shape, 0.0, tl.float32)
         kept = rows >= 0
@@ -96,14 +119,37 @@ def _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB: tl.constexpr, 
 
 @triton.jit
 def _dense_tile(
-    t_ptr, t_stride, w_ptr, rows, cols, rmask, cmask, eps, num_classes, IS_PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr
+    t_ptr,
+    t_stride,
+    v_ptr,
+    w_ptr,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    eps,
+    num_classes,
+    IS_PROB: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
 ):
-    """dense (BLOCK_P, BLOCK_C): w ((1 - eps) t + eps / V) for probability targets, (eps / V) w else."""
+    """dense (BLOCK_P, BLOCK_C): w ((1 - eps) t + eps / V) for probability targets, (eps / V) w else.
+    A sparse target's tile t is formed from its K entries per row (indices t_ptr, values v_ptr, both
+    (P, K) with K = t_stride): t[p, c] = sum_k v_k [i_k == c], duplicates adding, padding (i_k < 0)
+    matching no column. That is K compares per element of the tile: cheap next to the tile's exp (or,
+    in the fused head, its D-long dot) for the small K of sparse targets."""
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     else:
         w = tl.where(cmask, 1.0, 0.0)
-    if IS_PROB:
+    if IS_SPARSE:
+        t = tl.full((rows.shape[0], cols.shape[0]), 0.0, tl.float32)
+        for k in range(0, t_stride):
+            i = tl.load(t_ptr + rows * t_stride + k, mask=rmask, other=-1)
+            v = tl.load(v_ptr + rows * t_stride + k, mask=rmask & (i >= 0), other=0.0).to(tl.float32)
+            t += tl.where(cols[None, :] == i[:, None], v[:, None], 0.0)
+        dense = w[None, :] * ((1.0 - eps) * t + eps / num_classes)
+    elif IS_PROB:
         m2 = rmask[:, None] & cmask[None, :]
         t = tl.load(t_ptr + rows[:, None] * t_stride + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         dense = w[None, :] * ((1.0 - eps) * t + eps / num_classes)  # w t'
@@ -119,14 +165,20 @@ def _shift(m):
 
 
 @triton.jit
-def _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB: tl.constexpr, DENSE: tl.constexpr):
-    """Folds one tile z (BLOCK_P, BLOCK_C) (masked columns -inf) into the running row sums."""
+def _online_update(
+    z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB: tl.constexpr, DENSE: tl.constexpr, IS_SPARSE: tl.constexpr
+):
+    """Folds one tile z (BLOCK_P, BLOCK_C) (masked columns -inf) into the running row sums. A sparse
+    target's classes without an entry (dense 0 without smoothing) contribute 0 even at a -inf logit."""
     m_new = tl.maximum(m, tl.reduce(z, 1, _maximum))
     r_new = _shift(m_new)
     d = r_new - _shift(m)  # the shift grew by d
     s = s * tl.exp(-d) + _sum(tl.exp(z - r_new[:, None]), axis=1)  # S = sum_j exp(z_j - r)
     if DENSE:
-        sdz = sdz - sd * d + _sum(tl.where(cmask[None, :], dense * (z - r_new[:, None]), 0.0), axis=1)
+        live = cmask[None, :]
+        if IS_SPARSE:
+            live = live & (dense != 0.0)
+        sdz = sdz - sd * d + _sum(tl.where(live, dense * (z - r_new[:, None]), 0.0), axis=1)
         sd = sd + _sum(tl.where(cmask[None, :], dense, 0.0), axis=1)  # Sd = sum_j dense_j
     if not IS_PROB:
         zy = zy + _sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)  # gathers z_y
@@ -197,6 +249,7 @@ def _ce_kernel(
     z_stride,
     t_ptr,
     t_stride,
+    v_ptr,
     w_ptr,
     k_ptr,
     k_stride,
@@ -211,6 +264,7 @@ def _ce_kernel(
     cap,
     IS_PROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
     DENSE: tl.constexpr,
     SOFTCAP: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
@@ -220,7 +274,7 @@ def _ce_kernel(
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     rmask = rows < P
     rows64 = rows.to(tl.int64)
-    y, w_y, kept = _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT)
+    y, w_y, kept = _row_target(t_ptr, t_stride, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT, IS_SPARSE)
     m = tl.full((BLOCK_P,), float("-inf"), tl.float32)
     s = tl.full((BLOCK_P,), 0.0, tl.float32)
     sd = tl.full((BLOCK_P,), 0.0, tl.float32)
@@ -232,8 +286,10 @@ def _ce_kernel(
         m2 = rmask[:, None] & cmask[None, :]
         z = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         z = tl.where(cmask[None, :], _soft_cap(z, cap, SOFTCAP), float("-inf"))
-        dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, C, IS_PROB, HAS_WEIGHT)
-        m, s, sd, sdz, zy = _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB, DENSE)
+        dense = _dense_tile(
+            t_ptr, t_stride, v_ptr, w_ptr, rows64, cols, rmask, cmask, eps, C, IS_PROB, HAS_WEIGHT, IS_SPARSE
+        )
+        m, s, sd, sdz, zy = _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB, DENSE, IS_SPARSE)
     loss, lse, alpha = _finish(m, s, sd, sdz, zy, w_y, kept, eps, lam, IS_PROB, DENSE)
     tl.store(loss_ptr + rows, loss, mask=rmask)
     if COMPUTE_GRAD:  # pass 2: G written once (the tile is read before it is written: may alias z)
@@ -244,7 +300,9 @@ def _ce_kernel(
             m2 = rmask[:, None] & cmask[None, :]
             z = tl.load(z_ptr + rows64[:, None] * z_stride + cols[None, :], mask=m2, other=0.0).to(tl.float32)
             z = tl.where(cmask[None, :], _soft_cap(z, cap, SOFTCAP), float("-inf"))
-            dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, C, IS_PROB, HAS_WEIGHT)
+            dense = _dense_tile(
+                t_ptr, t_stride, v_ptr, w_ptr, rows64, cols, rmask, cmask, eps, C, IS_PROB, HAS_WEIGHT, IS_SPARSE
+            )
             g = _grad_tile(z, cols, cmask, rmask, y, w_y, kept, lse, alpha, k, dense, eps, cap, SOFTCAP, IS_PROB, DENSE)
             tl.store(g_ptr + rows64[:, None] * g_stride + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=m2)
 
@@ -293,6 +351,7 @@ def _lce_forward(
     b_ptr,
     t_ptr,
     t_stride,
+    v_ptr,
     w_ptr,
     loss_ptr,
     lse_ptr,
@@ -306,6 +365,7 @@ def _lce_forward(
     cap,
     IS_PROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
     DENSE: tl.constexpr,
     SOFTCAP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -318,7 +378,7 @@ def _lce_forward(
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     rmask = rows < P
     rows64 = rows.to(tl.int64)
-    y, w_y, kept = _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT)
+    y, w_y, kept = _row_target(t_ptr, t_stride, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT, IS_SPARSE)
     m = tl.full((BLOCK_P,), float("-inf"), tl.float32)
     s = tl.full((BLOCK_P,), 0.0, tl.float32)
     sd = tl.full((BLOCK_P,), 0.0, tl.float32)
@@ -330,8 +390,10 @@ def _lce_forward(
         z = _logits_tile(
             x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
-        dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
-        m, s, sd, sdz, zy = _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB, DENSE)
+        dense = _dense_tile(
+            t_ptr, t_stride, v_ptr, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT, IS_SPARSE
+        )
+        m, s, sd, sdz, zy = _online_update(z, cols, cmask, y, dense, m, s, sd, sdz, zy, IS_PROB, DENSE, IS_SPARSE)
     loss, lse, alpha = _finish(m, s, sd, sdz, zy, w_y, kept, eps, lam, IS_PROB, DENSE)
     tl.store(loss_ptr + rows, loss, mask=rmask)
     tl.store(lse_ptr + rows, lse, mask=rmask)
@@ -345,6 +407,7 @@ def _lce_backward_rows(
     b_ptr,
     t_ptr,
     t_stride,
+    v_ptr,
     w_ptr,
     lse_ptr,
     alpha_ptr,
@@ -361,6 +424,7 @@ def _lce_backward_rows(
     cap,
     IS_PROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
     DENSE: tl.constexpr,
     SOFTCAP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -378,7 +442,7 @@ def _lce_backward_rows(
     rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     rmask = rows < P
     rows64 = rows.to(tl.int64)
-    y, w_y, kept = _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT)
+    y, w_y, kept = _row_target(t_ptr, t_stride, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT, IS_SPARSE)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     alpha = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)
     k = tl.load(k_ptr + rows64 * k_stride, mask=rmask, other=0.0).to(tl.float32)
@@ -389,7 +453,9 @@ def _lce_backward_rows(
         z = _logits_tile(
             x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
-        dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
+        dense = _dense_tile(
+            t_ptr, t_stride, v_ptr, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT, IS_SPARSE
+        )
         g = _grad_tile(z, cols, cmask, rmask, y, w_y, kept, lse, alpha, k, dense, eps, cap, SOFTCAP, IS_PROB, DENSE)
         if ATOMIC_DB:
             tl.atomic_add(gb_ptr + cols, _sum(g, axis=0), mask=cmask)
@@ -422,6 +488,7 @@ def _lce_backward_cols(
     b_ptr,
     t_ptr,
     t_stride,
+    v_ptr,
     w_ptr,
     lse_ptr,
     alpha_ptr,
@@ -437,6 +504,7 @@ def _lce_backward_cols(
     cap,
     IS_PROB: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
+    IS_SPARSE: tl.constexpr,
     DENSE: tl.constexpr,
     SOFTCAP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -458,14 +526,16 @@ def _lce_backward_cols(
         rows = p0 + tl.arange(0, BLOCK_P)
         rmask = rows < P
         rows64 = rows.to(tl.int64)
-        y, w_y, kept = _row_target(t_ptr, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT)
+        y, w_y, kept = _row_target(t_ptr, t_stride, rows, rmask, w_ptr, ignore_index, IS_PROB, HAS_WEIGHT, IS_SPARSE)
         lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
         alpha = tl.load(alpha_ptr + rows, mask=rmask, other=0.0)
         k = tl.load(k_ptr + rows64 * k_stride, mask=rmask, other=0.0).to(tl.float32)
         z = _logits_tile(
             x_ptr, W_ptr, b_ptr, rows64, cols, rmask, cmask, D, cap, HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_D
         )
-        dense = _dense_tile(t_ptr, t_stride, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT)
+        dense = _dense_tile(
+            t_ptr, t_stride, v_ptr, w_ptr, rows64, cols, rmask, cmask, eps, V, IS_PROB, HAS_WEIGHT, IS_SPARSE
+        )
         g = _grad_tile(z, cols, cmask, rmask, y, w_y, kept, lse, alpha, k, dense, eps, cap, SOFTCAP, IS_PROB, DENSE)
         if WANT_DB:
             gb += _sum(g, axis=0)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..._options import CEOptions
+from ..._sparse import SparseTarget
 from .. import _chunked
 
 __all__ = ["BackendError", "available", "check", "cross_entropy_rows", "linear_cross_entropy_rows"]
@@ -108,17 +109,24 @@ def _precision(dtype: torch.dtype, interpret: bool) -> str:
     return "ieee"
 
 
-def _target_args(target: Tensor, num_classes: int) -> tuple[Tensor, int, bool]:
-    """(target contiguous, row stride of a probability target, is probability)."""
+def _target_args(target: Tensor | SparseTarget, num_classes: int, dummy: Tensor) -> tuple[Tensor, int, Tensor, bool]:
+    """(target contiguous, its row stride, the values, is probability) as the kernels read a target:
+    class indices (P,) (stride 1), probabilities (P, C) (stride C), or a sparse target's (P, K)
+    indices (stride K) and values. Unread pointers (and those of empty tensors) are `dummy`."""
+    if isinstance(target, SparseTarget):
+        K = target.indices.shape[1]
+        if K == 0:  # no entries: every row is ignored, nothing is read
+            return dummy, 0, dummy, True
+        return target.indices.contiguous(), K, target.values.contiguous(), True
     probability = target.dim() == 2
-    t = target.contiguous()
-    return t, (num_classes if probability else 1), probability
+    return target.contiguous(), (num_classes if probability else 1), dummy, probability
 
 
-def _flags(options: CEOptions, probability: bool, weight: Tensor | None) -> dict:
+def _flags(options: CEOptions, probability: bool, weight: Tensor | None, sparse: bool) -> dict:
     return {
         "IS_PROB": probability,
         "HAS_WEIGHT": weight is not None,
+        "IS_SPARSE": sparse,
         "DENSE": probability or options.label_smoothing > 0.0,
         "SOFTCAP": options.softcap is not None,
     }
@@ -137,8 +145,8 @@ def cross_entropy_rows(
     *,
     out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """(loss, grad) of softmax cross-entropy on rows: logits (P, C), target (P,) class indices or
-    (P, C) probabilities, weight (C,) or None (validated by the caller).
+    """(loss, grad) of softmax cross-entropy on rows: logits (P, C), target (P,) class indices,
+    (P, C) probabilities or a `SparseTarget` of (P, K) rows, weight (C,) or None (validated by the caller).
 
     loss is reduced per `options.reduction` in the logits' dtype; grad = dJ/dlogits (P, C) in the
     logits' dtype when `want_grad` (else None), for the upstream gradient `grad_output` (None: 1).
@@ -157,18 +165,18 @@ def cross_entropy_rows(
             raise ValueError(f"out must be a contiguous {z.dtype} tensor of shape {tuple(z.shape)}")
         grad = out if out is not None else torch.empty_like(z)
     if P > 0 and C > 0:
-        t, t_stride, probability = _target_args(target, C)
+        t, t_stride, v, probability = _target_args(target, C, loss)
         w = None if weight is None else weight.contiguous()
         k = coef if coef is not None else loss  # (P,), may be a stride-0 view; unread without a gradient
         block_p = 4 if interpret else 1
         block_c = 8 if interpret else min(_next_pow2(C), 4096 if z.element_size() >= 4 else 8192)
         grid = (triton_cdiv(P, block_p),)
         _kernels(interpret)._ce_kernel[grid](
-            z, z.stride(0), t, t_stride, w if w is not None else loss, k, k.stride(0), loss,
+            z, z.stride(0), t, t_stride, v, w if w is not None else loss, k, k.stride(0), loss,
             grad if grad is not None else z, C if grad is None else grad.stride(0),
             P, C, options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
             COMPUTE_GRAD=want_grad, BLOCK_P=block_p, BLOCK_C=block_c,
-            **_flags(options, probability, w),
+            **_flags(options, probability, w, isinstance(target, SparseTarget)),
             **({} if interpret else {"num_warps": 8 if block_c >= 2048 else 4}),
         )  # fmt: skip
     elif grad is not None:
@@ -210,9 +218,10 @@ def linear_cross_entropy_rows(
 ) -> _LinearResult:
     """Computes cross_entropy(x @ W.T + bias, target, weight, **options) and, as `want` =
     (grad_x, grad_W, grad_b) asks, its gradients for the upstream gradient `grad_output` (None: 1),
-    without ever writing the (P, V) logits: x (P, D), W (V, D), bias (V,) or None, target (P,) or
-    (P, V) (validated by the caller). Returns (loss, grad_x, grad_W, grad_b); a gradient not asked
-    for is None. Deterministic weight gradients under torch.use_deterministic_algorithms(True).
+    without ever writing the (P, V) logits: x (P, D), W (V, D), bias (V,) or None, target (P,),
+    (P, V) or a `SparseTarget` of (P, K) rows (validated by the caller). Returns (loss, grad_x,
+    grad_W, grad_b); a gradient not asked for is None. Deterministic weight gradients under
+    torch.use_deterministic_algorithms(True).
     """
     dtype = torch.promote_types(x.dtype, W.dtype)
     check(x.device, dtype)
@@ -233,16 +242,16 @@ def linear_cross_entropy_rows(
     gw = torch.zeros(V, D, dtype=torch.float32, device=dev) if need and want[1] else None
     gb = torch.zeros(V, dtype=torch.float32, device=dev) if need and want[2] else None
     if P > 0 and V > 0:
-        t, t_stride, probability = _target_args(target, V)
-        w = None if weight is None else weight.contiguous()
         dummy = loss
+        t, t_stride, v, probability = _target_args(target, V, dummy)
+        w = None if weight is None else weight.contiguous()
         common = dict(
-            **_flags(options, probability, w),
+            **_flags(options, probability, w, isinstance(target, SparseTarget)),
             HAS_BIAS=b is not None,
             UPCAST=interpret,
             PRECISION=_precision(dtype, interpret),
         )
-        ptrs = (xc, Wc, b if b is not None else dummy, t, t_stride, w if w is not None else dummy)
+        ptrs = (xc, Wc, b if b is not None else dummy, t, t_stride, v, w if w is not None else dummy)
         blocks, launch = _blocks("forward", interpret)
         grid = (triton_cdiv(P, blocks["BLOCK_P"]),)
         kernels._lce_forward[grid](
