@@ -18,6 +18,7 @@ strided (every k-th case, deterministic) to keep this file near a minute on two 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -158,7 +159,7 @@ def test_module_grad_and_gradgrad(info, op_calls):
 
         names = [k for k, _ in ours.named_parameters()]
 
-        def fn(*xs, module=ours, n=n, args=args, names=names):
+        def call(module, *xs, n=n, args=args, names=names):
             with torch.nn.utils.stateless._reparametrize_module(module, dict(zip(names, xs[n:], strict=True))):
                 it = iter(xs[:n])
                 return module(*[next(it) if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args])
@@ -166,9 +167,11 @@ def test_module_grad_and_gradgrad(info, op_calls):
         inputs = (*leaves, *[p.detach().requires_grad_() for p in params])
         if sum(x.numel() for x in inputs) > MAX_GRAD_NUMEL:
             continue  # finite differences cost O(numel^2) forward calls
-        assert gradcheck(fn, inputs, check_batched_grad=False)
-        assert gradgradcheck(fn, inputs, check_batched_grad=False)
-        checked += 1
+        for check in (gradcheck, gradgradcheck):
+            # a case torch's own module fails (e.g. a NaN loss: every target ignored) is not asked of us
+            if check(functools.partial(call, theirs), inputs, check_batched_grad=False, raise_exception=False):
+                assert check(functools.partial(call, ours), inputs, check_batched_grad=False)
+                checked += 1
     assert checked and op_calls
 
 
