@@ -215,9 +215,15 @@ def _lce_setup(ctx, inputs, output) -> None:
     ctx.flags = tuple(flags)  # (grad_x, grad_W, grad_b) computed by the forward
     saved = output[1:] if ctx.precomputed else (None, None, None)
     ctx.save_for_backward(x, W, target, bias, weight, values, *saved)
+    # the gradient outputs are not differentiable, and no zero-filled x- and W-sized gradients are made up
+    # for them (that would be a transient copy of the gradients' size, and time to fill it)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
 
 
 def _lce_backward(ctx, d_loss, d_gx, d_gw, d_gb) -> tuple[Tensor | None, ...]:
+    if d_loss is None:  # nothing flows back through the loss (its gradient outputs are not differentiable)
+        return (None,) * len(ctx.needs_input_grad)
     x, W, target, bias, weight, values, *saved = ctx.saved_tensors
     ignore_index, eps, lam, cap, reduction, chunk_size, backend = ctx.opts
     need_x, need_w, need_t, need_b = ctx.needs_input_grad[:4]

@@ -308,9 +308,14 @@ def _ce_setup(ctx, inputs, output) -> None:
     ctx.precomputed = compute_grad and reduction != "none"
     grad = output[1] if ctx.precomputed else None
     ctx.save_for_backward(logits, target, weight, grad, values)
+    # the gradient output is not differentiable, and no zero-filled N x C gradient is made up for it
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _ce_backward(ctx, d_loss, d_grad) -> tuple[Tensor | None, ...]:
+    if d_loss is None:  # nothing flows back through the loss (its gradient outputs are not differentiable)
+        return (None,) * len(ctx.needs_input_grad)
     logits, target, weight, grad, values = ctx.saved_tensors
     ignore_index, eps, lam, cap, reduction, backend = ctx.opts
     g_logits = g_target = g_values = None
