@@ -131,3 +131,31 @@ def test_class_weight_requiring_grad_follows_pytorch():
     sce.cross_entropy(z, p, weight=w, label_smoothing=0.1).backward()
     F.cross_entropy(z, p, weight=w_ref, label_smoothing=0.1).backward()
     torch.testing.assert_close(w.grad, w_ref.grad)
+
+
+_LINEAR_BACKWARD_PEAK = """
+import torch, softmaxce.torch as sce
+torch.manual_seed(0)
+x = torch.randn(512, 256, requires_grad=True)
+W = (torch.randn(65536, 256) * 0.05).requires_grad_()  # 64 MiB
+t = torch.randint(0, 65536, (512,))
+sce.linear_cross_entropy(x[:8], W, t[:8]).backward()  # warm-up
+x.grad = W.grad = None
+loss = sce.linear_cross_entropy(x, W, t)
+open("/proc/self/clear_refs", "w").write("5")  # the peak from here on: the backward alone
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * 4096
+loss.backward()
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+print((peak - before) / W.nbytes)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_fused_heads_backward_allocates_no_gradient_sized_buffer():
+    """The forward computed grad_x and grad_W; the backward hands them over (scaled in place) without
+    a W-sized temporary (autograd used to materialize zero gradients for the op's gradient outputs)."""
+    out = subprocess.run([sys.executable, "-c", _LINEAR_BACKWARD_PEAK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 0.25
