@@ -73,6 +73,14 @@ def _module_inputs(info, dtype=D64, requires_grad=True):
     return info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=requires_grad, training=True)
 
 
+def _torch_passes(check, fn, inputs) -> bool:
+    """Whether torch's own function passes gradcheck / gradgradcheck here (an error counts as a failure)."""
+    try:
+        return bool(check(fn, inputs, check_batched_grad=False, raise_exception=False))
+    except RuntimeError:
+        return False
+
+
 def _pair(info, module_input):
     """(ours, torch's) modules built from the same constructor input, with the same parameters."""
     args, kwargs = module_input.constructor_input.args, module_input.constructor_input.kwargs
@@ -168,8 +176,10 @@ def test_module_grad_and_gradgrad(info, op_calls):
         if sum(x.numel() for x in inputs) > MAX_GRAD_NUMEL:
             continue  # finite differences cost O(numel^2) forward calls
         for check in (gradcheck, gradgradcheck):
-            # a case torch's own module fails (e.g. a NaN loss: every target ignored) is not asked of us
-            if check(functools.partial(call, theirs), inputs, check_batched_grad=False, raise_exception=False):
+            # a case torch's own module fails (a NaN loss from all-ignored targets; its chunked path's
+            # double backward raises "functions with out=... arguments don't support automatic
+            # differentiation") is not asked of us
+            if _torch_passes(check, functools.partial(call, theirs), inputs):
                 assert check(functools.partial(call, ours), inputs, check_batched_grad=False)
                 checked += 1
     assert checked and op_calls
