@@ -70,9 +70,7 @@ def linear_cross_entropy(
         >>> round(float(softmaxce.linear_cross_entropy(x, W, [1, 0])), 6)  # -ln 0.6
         0.510826
     """
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _fused.forward_linear(
         x, linear_weight, target, bias, weight, options, chunk_size, want_grad=False, want_stats=False, grad_output=None
     ).loss
@@ -100,9 +98,7 @@ def linear_cross_entropy_and_grad(
     Returns:
         (loss, grad_x, grad_weight, grad_bias); grad_bias is None without bias.
     """
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     r = _fused.forward_linear(
         x,
         linear_weight,
@@ -136,9 +132,7 @@ def linear_cross_entropy_with_stats(
 ) -> LinearCrossEntropyResult:
     """Loss, optionally the gradients, and per-position lse, predicted class and entropy, all from
     the same chunked pass (the logits are never held whole)."""
-    options = CEOptions(
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
     return _fused.forward_linear(
         x,
         linear_weight,
