@@ -13,11 +13,12 @@ from ._api import (
     softmax,
 )
 from ._linear import (
+    LinearOptions,
     linear_cross_entropy,
     linear_cross_entropy_and_grad,
     linear_cross_entropy_with_stats,
 )
-from ._options import CEOptions
+from ._options import CEOptions, LossOptions
 from ._results import CrossEntropyResult, LinearCrossEntropyResult
 from ._sparse import SparseTarget
 from ._threads import get_num_threads, set_num_threads
@@ -32,6 +33,8 @@ __all__ = [
     "cross_entropy_with_stats",
     "get_num_threads",
     "LinearCrossEntropyResult",
+    "LinearOptions",
+    "LossOptions",
     "ModelFileError",
     "SoftmaxClassifier",
     "SparseTarget",

@@ -6,14 +6,21 @@ to the engine. Semantics: docs/SEMANTICS.md (PyTorch's cross_entropy, plus z_los
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 
 from . import _engine
-from ._options import CEOptions
+from ._options import CEOptions, LossOptions
 from ._results import CrossEntropyResult
 from ._sparse import SparseTarget
 from ._validation import LogitsDtypeError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
+Target = npt.ArrayLike | SparseTarget  # class indices, probabilities or a sparse target
 
 __all__ = [
     "CrossEntropyResult",
@@ -25,17 +32,7 @@ __all__ = [
 ]
 
 
-def cross_entropy(
-    logits: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
-    *,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-) -> np.ndarray | np.generic:
+def cross_entropy(logits: npt.ArrayLike, target: Target, **options: Unpack[LossOptions]) -> np.ndarray | np.generic:
     """Softmax cross-entropy loss: `torch.nn.functional.cross_entropy(logits, target, ...)` in NumPy.
 
     For logits z (class axis 1, or 0 for 1-D logits) and a = softmax(z), a position's loss is
@@ -47,13 +44,15 @@ def cross_entropy(
             probabilities (the logits' shape, floating), or a sparse probability target: a
             `SparseTarget` of (positions..., K) entries or a scipy.sparse (positions, C) matrix,
             never densified; its all-padding positions are ignored (docs/SEMANTICS.md, "Sparse targets").
-        weight: optional (C,) class weights.
-        ignore_index: class index whose positions are skipped (class-index targets).
-        reduction: "mean" (weighted mean over non-ignored positions; for probability targets the
-            mean over positions, for sparse targets over kept positions), "sum" or "none".
-        label_smoothing: eps in [0, 1]: targets become (1 - eps) y + eps / C.
-        z_loss: lam >= 0 adds lam * lse**2 per position (PaLM's z-loss).
-        softcap: s > 0 replaces logits by s * tanh(logits / s) first (Gemma 2).
+        **options: keyword-only, declared once in `LossOptions` (the same on every loss function);
+            an unknown keyword raises TypeError:
+        weight: optional (C,) class weights (default None: all ones).
+        ignore_index: class index whose positions are skipped (class-index targets; default -100).
+        reduction: "mean" (the default: weighted mean over non-ignored positions; for probability
+            targets the mean over positions, for sparse targets over kept positions), "sum" or "none".
+        label_smoothing: eps in [0, 1] (default 0): targets become (1 - eps) y + eps / C.
+        z_loss: lam >= 0 (default 0) adds lam * lse**2 per position (PaLM's z-loss).
+        softcap: s > 0 replaces logits by s * tanh(logits / s) first (Gemma 2; default None: off).
 
     Returns:
         A NumPy scalar in the logits' dtype for "mean" and "sum"; for "none" an array of the
@@ -64,30 +63,16 @@ def cross_entropy(
         >>> float(softmaxce.cross_entropy(np.log([[0.1, 0.6, 0.3]]), [1]))  # -ln 0.6
         0.5108256237659907
     """
-    return _engine.forward_logits(
-        logits,
-        target,
-        weight,
-        CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap),
-        want_grad=False,
-        want_stats=False,
-        grad_output=None,
-        out=None,
-    ).loss
+    return _forward("cross_entropy", logits, target, options, want_grad=False, want_stats=False).loss
 
 
 def cross_entropy_and_grad(
     logits: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
+    target: Target,
     *,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
     grad_output: npt.ArrayLike | None = None,
     out: np.ndarray | None = None,
+    **options: Unpack[LossOptions],
 ) -> tuple[np.ndarray | np.generic, np.ndarray]:
     """Loss and its exact gradient dL/dlogits in one pass (for a one-hot target: a - y).
 
@@ -109,32 +94,18 @@ def cross_entropy_and_grad(
         >>> np.round(grad, 6)  # a - y
         array([[ 0.1, -0.4,  0.3]])
     """
-    r = _engine.forward_logits(
-        logits,
-        target,
-        weight,
-        CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap),
-        want_grad=True,
-        want_stats=False,
-        grad_output=grad_output,
-        out=out,
-    )
+    r = _forward("cross_entropy_and_grad", logits, target, options, True, False, grad_output, out)
     return r.loss, r.grad_logits
 
 
 def cross_entropy_with_stats(
     logits: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
+    target: Target,
     *,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
     compute_grad: bool = False,
     grad_output: npt.ArrayLike | None = None,
     out: np.ndarray | None = None,
+    **options: Unpack[LossOptions],
 ) -> CrossEntropyResult:
     """Loss, optionally the gradient, and per-position statistics (lse, predicted class, entropy)
     from the same pass over the logits. Options as in `cross_entropy_and_grad`; the statistics are
@@ -146,13 +117,21 @@ def cross_entropy_with_stats(
         >>> int(r.predicted[0]), round(float(r.entropy[0]), 4)
         (1, 0.8979)
     """
+    return _forward("cross_entropy_with_stats", logits, target, options, compute_grad, True, grad_output, out)
+
+
+def _forward(
+    function: str, logits, target, options: LossOptions, want_grad: bool, want_stats: bool, grad_output=None, out=None
+) -> CrossEntropyResult:
+    """The engine's one pass for a public function; its keywords become CEOptions (errors name it)."""
+    ce_options = CEOptions.from_keywords(function, options, LossOptions)
     return _engine.forward_logits(
         logits,
         target,
-        weight,
-        CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap),
-        want_grad=compute_grad,
-        want_stats=True,
+        options.get("weight"),
+        ce_options,
+        want_grad=want_grad,
+        want_stats=want_stats,
         grad_output=grad_output,
         out=out,
     )

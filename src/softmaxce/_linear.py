@@ -18,34 +18,40 @@ before the first chunk.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 
 from . import _fused
-from ._options import CEOptions
+from ._api import Target
+from ._options import CEOptions, LossOptions
 from ._results import LinearCrossEntropyResult
-from ._sparse import SparseTarget
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 __all__ = [
+    "LinearOptions",
     "linear_cross_entropy",
     "linear_cross_entropy_and_grad",
     "linear_cross_entropy_with_stats",
 ]
 
 
+class LinearOptions(LossOptions, total=False):
+    """The keyword options of the fused head: `LossOptions` (with a (V,) class `weight`) and
+
+    bias: optional (V,) output-layer bias (default None).
+    chunk_size: positions per chunk (default None: as many as fit about 96 MiB of logits).
+    """
+
+    bias: npt.ArrayLike | None
+    chunk_size: int | None
+
+
 def linear_cross_entropy(
-    x: npt.ArrayLike,
-    linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
-    *,
-    bias: npt.ArrayLike | None = None,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
+    x: npt.ArrayLike, linear_weight: npt.ArrayLike, target: Target, **options: Unpack[LinearOptions]
 ) -> np.ndarray | np.generic:
     """`cross_entropy(x @ linear_weight.T + bias, target, ...)` without allocating the logits.
 
@@ -57,9 +63,9 @@ def linear_cross_entropy(
             or a sparse target: a `SparseTarget` with indices/values of shape x.shape[:-1] + (K,),
             or a scipy.sparse (positions, V) matrix; then neither the N x V logits nor an N x V
             target is ever formed (top-k distillation).
-        bias: optional (V,) output-layer bias.
-        weight: optional (V,) class weights. Other options as in `softmaxce.cross_entropy`.
-        chunk_size: positions per chunk (default: as many as fit about 96 MiB of logits).
+        **options: keyword-only (`LinearOptions`): `bias`, an optional (V,) output-layer bias;
+            `chunk_size`, positions per chunk (default: as many as fit about 96 MiB of logits);
+            `weight`, optional (V,) class weights; and the other options of `softmaxce.cross_entropy`.
 
     Returns:
         The loss, as `softmaxce.cross_entropy` returns it.
@@ -70,26 +76,16 @@ def linear_cross_entropy(
         >>> round(float(softmaxce.linear_cross_entropy(x, W, [1, 0])), 6)  # -ln 0.6
         0.510826
     """
-    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    return _fused.forward_linear(
-        x, linear_weight, target, bias, weight, options, chunk_size, want_grad=False, want_stats=False, grad_output=None
-    ).loss
+    return _forward("linear_cross_entropy", x, linear_weight, target, options, want_grad=False).loss
 
 
 def linear_cross_entropy_and_grad(
     x: npt.ArrayLike,
     linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
+    target: Target,
     *,
-    bias: npt.ArrayLike | None = None,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
     grad_output: npt.ArrayLike | None = None,
+    **options: Unpack[LinearOptions],
 ) -> tuple[np.ndarray | np.generic, np.ndarray, np.ndarray, np.ndarray | None]:
     """Loss and the gradients dx = G W, dW = G^T x, db = sum G with G = dL/dlogits (a - y per row
     for a one-hot target), without the N x V logits. Options as in `linear_cross_entropy`;
@@ -98,50 +94,40 @@ def linear_cross_entropy_and_grad(
     Returns:
         (loss, grad_x, grad_weight, grad_bias); grad_bias is None without bias.
     """
-    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
-    r = _fused.forward_linear(
-        x,
-        linear_weight,
-        target,
-        bias,
-        weight,
-        options,
-        chunk_size,
-        want_grad=True,
-        want_stats=False,
-        grad_output=grad_output,
-    )
+    r = _forward("linear_cross_entropy_and_grad", x, linear_weight, target, options, True, grad_output=grad_output)
     return r.loss, r.grad_x, r.grad_weight, r.grad_bias
 
 
 def linear_cross_entropy_with_stats(
     x: npt.ArrayLike,
     linear_weight: npt.ArrayLike,
-    target: npt.ArrayLike | SparseTarget,
+    target: Target,
     *,
-    bias: npt.ArrayLike | None = None,
-    weight: npt.ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | None = None,
     compute_grad: bool = False,
     grad_output: npt.ArrayLike | None = None,
+    **options: Unpack[LinearOptions],
 ) -> LinearCrossEntropyResult:
     """Loss, optionally the gradients, and per-position lse, predicted class and entropy, all from
     the same chunked pass (the logits are never held whole)."""
-    options = CEOptions(ignore_index, reduction, label_smoothing, z_loss, softcap)
+    function = "linear_cross_entropy_with_stats"
+    return _forward(function, x, linear_weight, target, options, compute_grad, want_stats=True, grad_output=grad_output)
+
+
+def _forward(
+    function: str, x, linear_weight, target, options: LinearOptions, want_grad: bool, want_stats=False, grad_output=None
+) -> LinearCrossEntropyResult:
+    """The fused head's one pass for a public function; its keywords become CEOptions (errors name it)."""
+    ce_options = CEOptions.from_keywords(function, options, LinearOptions)
+    bias, weight, chunk_size = options.get("bias"), options.get("weight"), options.get("chunk_size")
     return _fused.forward_linear(
         x,
         linear_weight,
         target,
         bias,
         weight,
-        options,
+        ce_options,
         chunk_size,
-        want_grad=compute_grad,
-        want_stats=True,
+        want_grad=want_grad,
+        want_stats=want_stats,
         grad_output=grad_output,
     )

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import TypedDict
 
-__all__ = ["CEOptions", "REDUCTIONS"]
+import numpy.typing as npt
+
+__all__ = ["CEOptions", "LossKeywords", "LossOptions", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -61,6 +65,44 @@ class CEOptions:
             if not s > 0.0:
                 raise OptionError(f"softcap must be > 0 or None. Got: {s}")
             object.__setattr__(self, "softcap", s)
+
+    @classmethod
+    def from_keywords(cls, function: str, keywords: Mapping[str, object], accepted: type) -> CEOptions:
+        """The options among a front end's `**options` keywords (the others are its own).
+
+        Args:
+            function: the front end's name, for the error message.
+            keywords: what the caller passed.
+            accepted: the TypedDict that declares the front end's keywords (`LossOptions` for the
+                NumPy functions).
+
+        Raises:
+            TypeError: a keyword `accepted` does not declare, as Python raises it for a signature.
+        """
+        for name in keywords:
+            if name not in accepted.__optional_keys__:
+                raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+        return cls(**{f.name: keywords[f.name] for f in fields(cls) if f.name in keywords})
+
+
+class LossKeywords(TypedDict, total=False):
+    """`CEOptions` as keyword arguments: what a front end's `**options: Unpack[...]` accepts.
+
+    Declaring the keywords once here (PEP 692) keeps every front end's list of options the same;
+    the defaults and checks are CEOptions'.
+    """
+
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+
+
+class LossOptions(LossKeywords, total=False):
+    """The keyword options of the NumPy loss functions: CEOptions' and the (C,) class `weight`."""
+
+    weight: npt.ArrayLike | None
 
 
 class OptionError(ValueError, RuntimeError):

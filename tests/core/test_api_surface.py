@@ -28,12 +28,38 @@ def test_public_name_exists_and_is_documented(name):
 
 @pytest.mark.parametrize("name", [n for n in PUBLIC if inspect.isfunction(getattr(softmaxce, n, None))])
 def test_public_functions_take_options_by_keyword_only(name):
-    """Arrays positional, options keyword-only (STYLE.md); no **kwargs catch-all."""
+    """Arrays positional, options keyword-only (STYLE.md): declared in the signature, or in the one
+    TypedDict of a `**options: Unpack[LossOptions]` (PEP 692), never an untyped catch-all."""
     params = inspect.signature(getattr(softmaxce, name)).parameters.values()
-    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     for p in params:
         if p.name in OPTIONS:
             assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}({p.name}=...) must be keyword-only"
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            declared = {"Unpack[LossOptions]": softmaxce.LossOptions, "Unpack[LinearOptions]": softmaxce.LinearOptions}
+            assert p.annotation in declared, f"{name}(**{p.name}) is not a declared TypedDict"
+            assert OPTIONS - {"grad_output", "out"} <= set(declared[p.annotation].__optional_keys__)
+
+
+LOSSES = {
+    "cross_entropy": lambda **kw: softmaxce.cross_entropy(np.zeros((2, 3)), [0, 1], **kw),
+    "cross_entropy_and_grad": lambda **kw: softmaxce.cross_entropy_and_grad(np.zeros((2, 3)), [0, 1], **kw),
+    "cross_entropy_with_stats": lambda **kw: softmaxce.cross_entropy_with_stats(np.zeros((2, 3)), [0, 1], **kw),
+    "linear_cross_entropy": lambda **kw: softmaxce.linear_cross_entropy(np.eye(2), np.eye(3, 2), [0, 1], **kw),
+    "linear_cross_entropy_and_grad": lambda **kw: softmaxce.linear_cross_entropy_and_grad(
+        np.eye(2), np.eye(3, 2), [0, 1], **kw
+    ),
+    "linear_cross_entropy_with_stats": lambda **kw: softmaxce.linear_cross_entropy_with_stats(
+        np.eye(2), np.eye(3, 2), [0, 1], **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_an_unknown_option_keyword_raises_naming_it(name):
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'label_smothing'$"):
+        LOSSES[name](label_smothing=0.1)
+    with pytest.raises(TypeError, match="softcap must be a real number"):  # a declared one is checked
+        LOSSES[name](softcap="1")
 
 
 def test_the_option_defaults_are_pytorchs_on_every_function(rng):

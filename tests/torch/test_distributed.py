@@ -192,6 +192,9 @@ def test_input_faults_are_reported_on_every_rank(groups):
         assert (kind, msg) == ("TargetOutOfBoundsError", "Target 11 is out of bounds.")
     for kind, msg in by_name["bad_option"]:
         assert kind == "OptionError" and "label_smoothing must be between 0.0 and 1.0. Got: 1.5" in msg
+    for kind, msg in by_name["unknown_keyword"]:
+        expected = "vocab_parallel_linear_cross_entropy() got an unexpected keyword argument 'label_smothing'"
+        assert (kind, msg) == ("TypeError", expected)
     for kind, msg in by_name["normalizer_with_sum"]:
         assert kind == "ValueError" and "normalizer" in msg
     for kind, msg in by_name["uint16_input"]:  # PyTorch's name for the dtype, as F.cross_entropy prints it
@@ -456,6 +459,7 @@ def _faults(rank, world, torch, vp) -> dict:
     out["bad_class_weight"] = attempt(weight=torch.ones(5 if rank == 0 else size, dtype=torch.float64))
     out["out_of_bounds"] = attempt(y=torch.tensor([0, 11, 2, 3]))
     out["bad_option"] = attempt(label_smoothing=1.5)
+    out["unknown_keyword"] = attempt(label_smothing=0.1)
     out["normalizer_with_sum"] = attempt(reduction="sum", normalizer=4.0)
     out["uint16_input"] = attempt(x=x.to(torch.uint16))
     out["uint16_target"] = attempt(y=y.to(torch.uint16))  # any integer dtype holds class indices

@@ -10,6 +10,9 @@ beta and the upstream coefficient k = dJ/dl_n (the formulas, and their code, are
     loss   = -sum_j beta_j ln a_j + omega * lam * lse**2
     grad_j = k * (alpha * a_j - beta_j),  alpha = sum_j beta_j + 2 * lam * omega * lse
 
+`row_losses` forms the loss (and the gradient rule) from ln a and lse; the composite path
+(`_composite.py`) computes its differentiable loss with it too.
+
 A sparse target (a `SparseTarget` of (P, K) rows: indices, values) never becomes a dense (n, C)
 target: per chunk, its K entries' -ln a are gathered, the smoothing term is one dense pass, and the
 gradient's target part is a scatter_add of K entries per row (`_rowmath.sparse_sums`, `index_grad_`).
@@ -23,7 +26,8 @@ the out-of-bounds target check on CPU tensors (on other devices it is an asynchr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -41,7 +45,9 @@ __all__ = [
     "chunks",
     "linear_ce_rows",
     "prepare",
+    "Problem",
     "reduce",
+    "row_losses",
     "rows",
     "sparse_values_grad",
 ]
@@ -107,6 +113,19 @@ def rows(target: Target, s: slice) -> Target:
     return target[s]
 
 
+class Problem(NamedTuple):
+    """What rows of logits are scored against: the target (P,) class indices, (P, C) probabilities or
+    a `SparseTarget` of (P, K) rows; the class weight (C,) or None; the options."""
+
+    target: Target
+    weight: torch.Tensor | None
+    options: CEOptions
+
+    def rows(self, s: slice) -> Problem:
+        """The problem of rows s: the target's rows s, the same weight and options."""
+        return Problem(rows(self.target, s), self.weight, self.options)
+
+
 def normalizer(
     target: Target, weight: torch.Tensor | None, ignore_index: int, probability: bool, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -167,83 +186,87 @@ def reduce(loss: torch.Tensor, reduction: str, norm: torch.Tensor) -> torch.Tens
     return loss.sum() / norm if reduction == "mean" else loss.sum()
 
 
+def row_losses(
+    log_a: torch.Tensor, lse: torch.Tensor, problem: Problem
+) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """(loss (n,), omega (n,), grad_) of rows with log-probabilities log_a (n, C) and lse (n,), both in
+    the accumulation dtype, scored against `problem` (its rows n):
+
+    - loss = -sum_j beta_j ln a_j + omega lam lse^2, 0 at an ignored position;
+    - omega, the position's share of "mean"'s normalizer: w[y] (0 when ignored) for class indices,
+      1 for probabilities, 1 for a sparse target's position with an entry that is not padding (else 0);
+    - grad_(a, k) writes G = k (alpha a - beta) (n, C) over a = softmax(z), for the rows'
+      coefficients k (n,), and returns it (before the soft cap's chain rule).
+
+    All but grad_ is out of place, so differentiable to any order: the chunked path and the composite
+    path (`_composite.py`) both compute the loss here.
+    """
+    C = log_a.shape[1]
+    acc = log_a.dtype
+    eps, lam = problem.options.label_smoothing, problem.options.z_loss
+    t = problem.target
+    w = None if problem.weight is None else problem.weight.to(acc)
+    if not isinstance(t, SparseTarget) and t.dim() == 2:  # probability target
+        beta = rm.probability_beta(t.to(acc), w, eps, C)  # w ((1 - eps) t + eps / C)
+        ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
+        loss, alpha = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
+        return loss, torch.ones_like(lse), lambda a, k: rm.probability_grad_(a, k, alpha, beta)
+    nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
+    w_sum = float(C) if w is None else w.sum()
+    if isinstance(t, SparseTarget):  # sums over the K entries (gathers) and the dense smoothing term
+        kept, pad, i, b = rm.sparse_entries(t.indices, t.values, w, acc)
+        nll = -log_a.gather(1, i)  # -ln a_{i_k} (n, K)
+        ce, beta_sum = rm.sparse_sums(nll, pad, b, nll_w, w_sum, eps, C)
+        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam)
+        omega, y, w_y = kept.to(acc), i, b  # the gradient subtracts b_k at each entry i_k
+    else:
+        kept, y, w_y = rm.index_target(t, problem.options.ignore_index, w, acc)
+        nll_y = -log_a.gather(1, y).squeeze(1)  # -ln a_y
+        ce, beta_sum = rm.index_sums(nll_y, nll_w, w_y, w_sum, eps, C)
+        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=w_y)
+        omega = w_y
+    # G = k (alpha a - (1 - eps) sum_k w_yk e_yk - (eps / C) w), ignored rows 0
+    return torch.where(kept, loss, 0.0), omega, lambda a, k: rm.index_grad_(a, k, alpha, kept, y, w_y, w, eps, C)
+
+
 def _chunk(
-    z: torch.Tensor,
-    t: Target,
-    weight: torch.Tensor | None,
-    options: CEOptions,
-    coef: torch.Tensor | None,
-    acc: torch.dtype,
+    z: torch.Tensor, problem: Problem, coef: torch.Tensor | None, acc: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """One chunk of rows: (loss (n,), grad (n, C) in acc dtype or None, lse (n,)).
+    """One chunk of rows: (loss (n,), grad (n, C) in acc dtype or None, lse (n,)); the gradient for
+    the rows' coefficients `coef` (n,), when given.
 
     Works in place on its own temporaries (never on the caller's z), so a chunk costs about three
     (n, C) buffers.
     """
-    C = z.shape[1]
-    eps, lam, cap = options.label_smoothing, options.z_loss, options.softcap
+    cap = problem.options.softcap
     z = z.to(acc, copy=cap is not None)  # without softcap maybe the caller's tensor: read only
     if cap is not None:
         rm.soft_cap_(z, cap)  # Gemma 2 soft-capping, on our copy
     log_a, e, lse = rm.log_softmax(z)
-    w = None if weight is None else weight.to(acc)
-    sparse = isinstance(t, SparseTarget)
-    if sparse:  # sums over the K entries (gathers) and the dense smoothing term; no (n, C) target
-        kept, pad, y, b = rm.sparse_entries(t.indices, t.values, w, acc)
-        nll = -log_a.gather(1, y)  # -ln a_{i_k} (n, K)
-        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
-        w_sum = float(C) if w is None else w.sum()
-        ce, beta_sum = rm.sparse_sums(nll, pad, b, nll_w, w_sum, eps, C)
-        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam)
-        loss = torch.where(kept, loss, 0.0)  # an all-padding position is ignored
-    elif t.dim() == 2:  # probability target
-        beta = rm.probability_beta(t.to(acc), w, eps, C)
-        ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
-        loss, alpha = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
-    else:
-        kept, y, w_y = rm.index_target(t, options.ignore_index, w, acc)
-        nll_y = -log_a.gather(1, y).squeeze(1)  # -ln a_y
-        # -sum_c w_c ln a_c: a matrix-vector product with weights
-        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None
-        w_sum = float(C) if w is None else w.sum()
-        ce, beta_sum = rm.index_sums(nll_y, nll_w, w_y, w_sum, eps, C)
-        loss, alpha = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=w_y)
-        loss = torch.where(kept, loss, 0.0)
+    loss, _, grad_ = row_losses(log_a, lse, problem)
     del log_a
     grad = None
     if coef is not None:
-        k = coef.to(acc)
         a = e.div_(e.sum(dim=1, keepdim=True))  # a = softmax(z), in place of e
-        if sparse:  # k (alpha a - (eps / C) w) - scatter(k (1 - eps) b), ignored rows 0
-            grad = rm.index_grad_(a, k, alpha, kept, y, b, w, eps, C)
-        elif t.dim() == 2:
-            grad = rm.probability_grad_(a, k, alpha, beta)
-        else:
-            grad = rm.index_grad_(a, k, alpha, kept, y, w_y, w, eps, C)
+        grad = grad_(a, coef.to(acc))
         if cap is not None:
             rm.soft_cap_grad_(grad, z, cap)
     return loss, grad, lse
 
 
 def ce_rows(
-    z: torch.Tensor,
-    target: Target,
-    weight: torch.Tensor | None,
-    options: CEOptions,
-    coef: torch.Tensor | None,
-    chunk_size: int | None = None,
+    z: torch.Tensor, problem: Problem, coef: torch.Tensor | None, chunk_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Row form (P, C), target (P,) class indices, (P, C) probabilities or a `SparseTarget` of (P, K)
-    rows: per-position loss (P,)
-    and lse (P,) in the accumulation dtype, and the gradient (P, C) in z's dtype when `coef` (P,)
-    is given (else None). Returns (loss, grad, lse)."""
+    """Row form (P, C), the problem's target (P,) class indices, (P, C) probabilities or a
+    `SparseTarget` of (P, K) rows: per-position loss (P,) and lse (P,) in the accumulation dtype, and
+    the gradient (P, C) in z's dtype when `coef` (P,) is given (else None). Returns (loss, grad, lse)."""
     P, C = z.shape
     acc = acc_dtype(z.dtype)
     loss = torch.empty(P, dtype=acc, device=z.device)
     lse = torch.empty(P, dtype=acc, device=z.device)
     grad = torch.empty_like(z, memory_format=torch.contiguous_format) if coef is not None else None
     for s in chunks(P, chunk_rows(P, C, acc, chunk_size)):
-        loss[s], gc, lse[s] = _chunk(z[s], rows(target, s), weight, options, None if coef is None else coef[s], acc)
+        loss[s], gc, lse[s] = _chunk(z[s], problem.rows(s), None if coef is None else coef[s], acc)
         if grad is not None:
             grad[s] = gc
     return loss, grad, lse
@@ -253,9 +276,7 @@ def linear_ce_rows(
     x: torch.Tensor,
     W: torch.Tensor,
     bias: torch.Tensor | None,
-    target: Target,
-    weight: torch.Tensor | None,
-    options: CEOptions,
+    problem: Problem,
     coef: torch.Tensor | None,
     want: tuple[bool, bool, bool],
     chunk_size: int | None = None,
@@ -286,7 +307,7 @@ def linear_ce_rows(
     for s in chunks(P, chunk_rows(P, V, acc, chunk_size)):
         xc = x[s].to(acc) if upcast else x[s]
         z = xc @ Wm.T if bm is None else torch.addmm(bm, xc, Wm.T)  # (n, V)
-        loss[s], g, lse[s] = _chunk(z, rows(target, s), weight, options, None if coef is None else coef[s], acc)
+        loss[s], g, lse[s] = _chunk(z, problem.rows(s), None if coef is None else coef[s], acc)
         del z
         if g is None:
             continue

@@ -2,7 +2,8 @@
 torch.func transforms and forward-mode AD.
 
 For row logits z (P, C), soft-capped to s tanh(z / s) when softcap s is set, ln a = log_softmax(z),
-lse = logsumexp(z), and beta, omega from `_rowmath.py` (docs/SEMANTICS.md):
+lse = logsumexp(z), and beta, omega from `_rowmath.py` (docs/SEMANTICS.md), the loss formed by
+`_chunked.row_losses` as on the chunked path:
 
     l_n = -sum_j beta_nj ln a_nj + lam omega_n lse_n^2        (0 for an ignored position)
     J   = sum_n l_n / sum_n omega_n ("mean"; P for probability targets),  sum_n l_n ("sum"),  l ("none")
@@ -30,7 +31,6 @@ from torch import Tensor
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from . import _chunked
-from . import _rowmath as rm
 
 __all__ = ["cross_entropy_rows", "linear_cross_entropy_rows", "transforms_active", "vjp"]
 
@@ -48,40 +48,22 @@ def transforms_active(*tensors: Tensor | None) -> bool:
 
 
 def _row_losses(z: Tensor, target: Tensor, weight: Tensor | None, opts: CEOptions) -> tuple[Tensor, Tensor]:
-    """(l (P,), omega (P,)) in the accumulation dtype; target (P,) class indices or (P, C) probabilities."""
-    P, C = z.shape
-    acc = _chunked.acc_dtype(z.dtype)
-    eps, lam, cap = opts.label_smoothing, opts.z_loss, opts.softcap
-    z = z.to(acc)
-    if cap is not None:
-        z = cap * torch.tanh(z / cap)  # Gemma 2 soft-capping
-    log_a = torch.log_softmax(z, dim=1)  # ln a (P, C)
-    lse = torch.logsumexp(z, dim=1)  # (P,)
-    w = None if weight is None else weight.to(acc)
-    if isinstance(target, SparseTarget):  # gathers at the K entries; no dense target
+    """(l (P,), omega (P,)) in the accumulation dtype; target (P,) class indices, (P, C) probabilities
+    or a SparseTarget of (P, K) rows."""
+    C = z.shape[1]
+    z = z.to(_chunked.acc_dtype(z.dtype))
+    if opts.softcap is not None:
+        z = opts.softcap * torch.tanh(z / opts.softcap)  # Gemma 2 soft-capping
+    # the class indices checked, but not on a batched target (no host read there)
+    if isinstance(target, SparseTarget):
         if not torch._C._functorch.is_functorch_wrapped_tensor(target.indices):
             _chunked.check_sparse_indices(target.indices, C)
-        kept, pad, i, b = rm.sparse_entries(target.indices, target.values, w, acc)
-        nll = -log_a.gather(1, i)  # -ln a_{i_k} (P, K)
-        nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
-        w_sum = float(C) if w is None else w.sum()
-        ce, beta_sum = rm.sparse_sums(nll, pad, b, nll_w, w_sum, eps, C)
-        loss, _ = rm.loss_and_alpha(ce, beta_sum, lse, lam)
-        return torch.where(kept, loss, 0.0), kept.to(acc)
-    if target.dim() == 2:  # probability target
-        beta = rm.probability_beta(target.to(acc), w, eps, C)  # w ((1 - eps) t + eps / C)
-        ce = -(beta * log_a).sum(dim=1)  # -sum_j beta_j ln a_j
-        loss, _ = rm.loss_and_alpha(ce, beta.sum(dim=1), lse, lam)
-        return loss, torch.ones_like(lse)
-    if not torch._C._functorch.is_functorch_wrapped_tensor(target):
-        _chunked.check_targets(target, C, opts.ignore_index)  # no host read on a batched target
-    kept, y, w_y = rm.index_target(target, opts.ignore_index, w, acc)
-    nll_y = -log_a.gather(1, y).squeeze(1)  # -ln a_y
-    nll_w = -(log_a.sum(dim=1) if w is None else log_a @ w) if eps else None  # -sum_c w_c ln a_c
-    w_sum = float(C) if w is None else w.sum()
-    ce, beta_sum = rm.index_sums(nll_y, nll_w, w_y, w_sum, eps, C)
-    loss, _ = rm.loss_and_alpha(ce, beta_sum, lse, lam, omega=w_y)
-    return torch.where(kept, loss, 0.0), w_y
+    elif target.dim() != 2 and not torch._C._functorch.is_functorch_wrapped_tensor(target):
+        _chunked.check_targets(target, C, opts.ignore_index)
+    log_a = torch.log_softmax(z, dim=1)  # ln a (P, C)
+    lse = torch.logsumexp(z, dim=1)  # (P,)
+    loss, omega, _ = _chunked.row_losses(log_a, lse, _chunked.Problem(target, weight, opts))
+    return loss, omega
 
 
 def _reduce(loss: Tensor, omega: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:

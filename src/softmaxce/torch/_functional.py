@@ -137,21 +137,19 @@ def cross_entropy(
         from torch.nn import _reduction
 
         reduction = _reduction.legacy_get_string(size_average, reduce)
+    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+    return _cross_entropy(input, target, weight, options, backend, inplace_backward)
+
+
+def _cross_entropy(
+    input: Tensor, target, weight: Tensor | None, options: CEOptions, backend: str | None, inplace_backward: bool
+) -> Tensor:
+    """`cross_entropy` once its options are checked."""
     if _autocast_on(input):  # as torch: cross_entropy is on autocast's float32 list
         with torch.autocast(input.device.type, enabled=False):
-            return cross_entropy(
-                _float32(input),
-                _float32(target),
-                _float32(weight),
-                ignore_index=ignore_index,
-                reduction=reduction,
-                label_smoothing=label_smoothing,
-                z_loss=z_loss,
-                softcap=softcap,
-                backend=backend,
-                inplace_backward=inplace_backward,
+            return _cross_entropy(
+                _float32(input), _float32(target), _float32(weight), options, backend, inplace_backward
             )
-    options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     if _sparse_targets.is_sparse(target):
         return _sparse_cross_entropy(input, target, weight, options, backend, inplace_backward)
     layout = _validate(tuple(input.shape), input.dtype, target, weight, options)
@@ -168,7 +166,7 @@ def cross_entropy(
         z = input.movedim(1, -1).reshape(-1, C)
         t = target.movedim(1, -1).reshape(-1, C) if layout.probability else target.reshape(-1)
     loss = _ops.cross_entropy_rows(z, t, weight, options, backend)
-    if reduction == "none":
+    if options.reduction == "none":
         loss = loss.reshape(layout.positions_shape)
     return loss
 
@@ -266,6 +264,7 @@ def linear_cross_entropy(
     if (sparse or tuple(target.shape) == logits_shape) and ignore_index is not None:
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = -100 if ignore_index is None else ignore_index
+    ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
     autocast = _autocast_on(input)
     if out_features or (autocast and options is None):
         # K-dimensional loss: each position has its own slice of the weight, so there is no shared
@@ -278,18 +277,7 @@ def linear_cross_entropy(
             linear_weight.reshape(rows, in_features),
             None if linear_bias is None else linear_bias.reshape(rows),
         ).reshape(logits_shape)
-        return cross_entropy(
-            logits,
-            target,
-            weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            z_loss=z_loss,
-            softcap=softcap,
-            backend=backend,
-        )
-    ce_options = _options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+        return _cross_entropy(logits, target, weight, ce_options, backend, inplace_backward=False)
     _check_backend(backend, input)
     logits_dtype = torch.promote_types(input.dtype, linear_weight.dtype)
     x = input.unsqueeze(0) if input.dim() == 1 else input

@@ -10,6 +10,9 @@ composite path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -18,13 +21,18 @@ from .. import _fused, _threads
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from . import _chunked, _composite, _triton
+from ._chunked import Problem
 from ._ops import (
-    _empty,
+    _OPTIONS_SCHEMA,
+    _VALUES_SCHEMA,
+    _custom_op,
     _np,
     _np64,
     _np_target,
     _numpy_path,
+    _op_options,
     _options,
+    _or_empty,
     _refuse_weight_grad,
     _scale_saved,
     _target,
@@ -40,25 +48,19 @@ __all__ = ["linear_cross_entropy_rows"]
 
 # ----------------------------------------------------------------------------- fused linear head on rows
 
-_LinearResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
+_LinearResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # (loss, grad_x, grad_W, grad_b)
+_Want = tuple[bool, bool, bool]  # which of (grad_x, grad_W, grad_b) to compute
 
 
 def _lce_numpy(
-    x: Tensor,
-    W: Tensor,
-    target: Tensor | SparseTarget,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    opts: CEOptions,
-    chunk_size: int,
-    want: tuple[bool, bool, bool],
-    grad_output: Tensor | None,
+    x: Tensor, W: Tensor, b: Tensor | None, problem: Problem, chunk_size: int, want: _Want, grad_output: Tensor | None
 ) -> _LinearResult:
+    target, weight, opts = problem
     r = _fused.forward_linear(
         _np(x),
         _np(W),
         _np_target(target),
-        _np(bias),
+        _np(b),
         _np64(weight),
         opts,
         chunk_size or None,
@@ -75,146 +77,137 @@ def _lce_numpy(
 
 
 def _lce_chunked(
-    x: Tensor,
-    W: Tensor,
-    target: Tensor | SparseTarget,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    opts: CEOptions,
-    chunk_size: int,
-    want: tuple[bool, bool, bool],
-    grad_output: Tensor | None,
+    x: Tensor, W: Tensor, b: Tensor | None, problem: Problem, chunk_size: int, want: _Want, grad_output: Tensor | None
 ) -> _LinearResult:
+    target, weight, opts = problem
     acc = _chunked.acc_dtype(x.dtype)
     norm, coef = _chunked.prepare(target, weight, opts, W.shape[0], acc, any(want), grad_output)
-    loss, _, gx, gw, gb = _chunked.linear_ce_rows(x, W, bias, target, weight, opts, coef, want, chunk_size or None)
+    loss, _, gx, gw, gb = _chunked.linear_ce_rows(x, W, b, problem, coef, want, chunk_size or None)
     return _chunked.reduce(loss, opts.reduction, norm).to(x.dtype), gx, gw, gb
 
 
-def _lce_impl(x, W, target, bias, weight, opts, chunk_size, want, grad_output, backend) -> _LinearResult:
+def _lce_impl(x, W, bias, problem, chunk_size, want, grad_output, backend) -> _LinearResult:
+    """(loss, grad_x, grad_W, grad_b), a gradient None where not wanted, on the backend for these
+    tensors (`_ops.py`'s dispatch)."""
     if _use_triton(backend, x):
+        target, weight, opts = problem
         return _triton.linear_cross_entropy_rows(x, W, target, bias, weight, opts, want, grad_output)
     if _numpy_path(x) and x.dtype == W.dtype and backend != "torch":
         with _threads.torch_threads():
-            return _lce_numpy(x, W, target, bias, weight, opts, chunk_size, want, grad_output)
-    return _lce_chunked(x, W, target, bias, weight, opts, chunk_size, want, grad_output)
+            return _lce_numpy(x, W, bias, problem, chunk_size, want, grad_output)
+    return _lce_chunked(x, W, bias, problem, chunk_size, want, grad_output)
 
 
-def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
-    return t if t is not None else _empty(like)
+# The two ops take the same arguments, the backward's with grad_output after the tensors: the loss
+# options as `_ops._OPTIONS_SCHEMA` declares them, then the head's own; `_Args` names them.
+_TENSORS = "Tensor x, Tensor linear_weight, Tensor target, Tensor? bias, Tensor? weight"
+_ARGS = f"{_OPTIONS_SCHEMA}, SymInt chunk_size, bool grad_x, bool grad_w, bool grad_b, str backend, {_VALUES_SCHEMA}"
 
 
-@torch.library.custom_op("softmaxce::linear_cross_entropy_rows", mutates_args=())
-def _lce_fwd(
-    x: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-    chunk_size: int,
-    grad_x: bool,
-    grad_w: bool,
-    grad_b: bool,
-    backend: str,
-    target_values: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+class _Args(NamedTuple):
+    """The ops' arguments after their tensors (`_ARGS`), as the op functions receive them."""
+
+    ignore_index: int
+    eps: float  # label_smoothing
+    lam: float  # z_loss
+    cap: float  # softcap, 0.0: none
+    reduction: str
+    chunk_size: int  # rows per chunk, 0: as many as fit the CHUNK_BYTES budget
+    grad_x: bool
+    grad_w: bool
+    grad_b: bool
+    backend: str
+    values: Tensor | None = None  # target_values (the dispatcher leaves out a None)
+
+    def options(self) -> CEOptions:
+        return _options(self.ignore_index, self.eps, self.lam, self.cap, self.reduction)
+
+    def wanted(self, bias: Tensor | None, forward: bool) -> _Want:
+        """The gradients an op computes: those asked for (grad_b only with a bias); the forward's none
+        for "none" (the backward op computes them with the per-position upstream gradient)."""
+        if forward and self.reduction == "none":
+            return (False, False, False)
+        return (self.grad_x, self.grad_w, self.grad_b and bias is not None)
+
+
+def _lce_op(x, W, target, bias, weight, grad_output, args: _Args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Both ops: (loss, grad_x, grad_W, grad_b) for the upstream gradient grad_output (None: 1, the
+    forward), a gradient not computed empty (an op's output cannot be None)."""
+    want = args.wanted(bias, forward=grad_output is None)
+    problem = Problem(_target(target, args.values), weight, args.options())
+    loss, gx, gw, gb = _lce_impl(x, W, bias, problem, args.chunk_size, want, grad_output, args.backend)
+    return loss, _or_empty(gx, x), _or_empty(gw, W), _or_empty(gb, W)
+
+
+def _lce_fake(x, W, bias, grad_output, args: _Args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`_lce_op`'s outputs as fake tensors: the parameters' shapes where computed, else empty."""
+    want = args.wanted(bias, forward=grad_output is None)
+    loss = x.new_empty(() if args.reduction != "none" else (x.shape[0],))
+    gx = x.new_empty(x.shape) if want[0] else x.new_empty((0,))
+    gw = W.new_empty(W.shape) if want[1] else W.new_empty((0,))
+    gb = bias.new_empty(bias.shape) if want[2] else W.new_empty((0,))
+    return loss, gx, gw, gb
+
+
+@_custom_op("softmaxce::linear_cross_entropy_rows", f"({_TENSORS}, {_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
+def _lce_fwd(x, linear_weight, target, bias, weight, *args):
     """(loss, grad_x, grad_W, grad_b) with upstream 1; a gradient not asked for (or for "none") is empty.
     With target_values (P, K), target is a sparse target's (P, K) indices."""
-    opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    want = (grad_x, grad_w, grad_b and bias is not None) if reduction != "none" else (False, False, False)
-    target = _target(target, target_values)
-    loss, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, None, backend)
-    return loss, _or_empty(gx, x), _or_empty(gw, linear_weight), _or_empty(gb, linear_weight)
-
-
-def _fake_grads(
-    x: Tensor, linear_weight: Tensor, bias: Tensor | None, want: tuple[bool, bool, bool]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Fake (grad_x, grad_W, grad_b): the parameters' shapes where wanted, else empty."""
-    gx = x.new_empty(x.shape) if want[0] else x.new_empty((0,))
-    gw = linear_weight.new_empty(linear_weight.shape) if want[1] else linear_weight.new_empty((0,))
-    gb = bias.new_empty(bias.shape) if want[2] and bias is not None else linear_weight.new_empty((0,))
-    return gx, gw, gb
+    return _lce_op(x, linear_weight, target, bias, weight, None, _Args(*args))
 
 
 @_lce_fwd.register_fake
-def _(x, linear_weight, target, bias, weight, *options):
-    *_, reduction, _chunk_size, grad_x, grad_w, grad_b, _backend = options[:10]  # the op's trailing arguments
-    reduced = reduction != "none"
-    loss = x.new_empty(() if reduced else (x.shape[0],))
-    return (loss, *_fake_grads(x, linear_weight, bias, (grad_x and reduced, grad_w and reduced, grad_b and reduced)))
+def _(x, linear_weight, target, bias, weight, *args):
+    return _lce_fake(x, linear_weight, bias, None, _Args(*args))
 
 
-@torch.library.custom_op("softmaxce::linear_cross_entropy_rows_backward", mutates_args=())
-def _lce_bwd(
-    x: Tensor,
-    linear_weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    weight: Tensor | None,
-    grad_output: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-    chunk_size: int,
-    grad_x: bool,
-    grad_w: bool,
-    grad_b: bool,
-    backend: str,
-    target_values: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+@_custom_op(
+    "softmaxce::linear_cross_entropy_rows_backward",
+    f"({_TENSORS}, Tensor grad_output, {_ARGS}) -> (Tensor, Tensor, Tensor)",
+)
+def _lce_bwd(x, linear_weight, target, bias, weight, grad_output, *args):
     """(grad_x, grad_W, grad_b) for the upstream gradient grad_output (0-d, or (P,) for "none")."""
-    opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    want = (grad_x, grad_w, grad_b and bias is not None)
-    target = _target(target, target_values)
-    _, gx, gw, gb = _lce_impl(x, linear_weight, target, bias, weight, opts, chunk_size, want, grad_output, backend)
-    return _or_empty(gx, x), _or_empty(gw, linear_weight), _or_empty(gb, linear_weight)
+    return _lce_op(x, linear_weight, target, bias, weight, grad_output, _Args(*args))[1:]
 
 
 @_lce_bwd.register_fake
-def _(x, linear_weight, target, bias, weight, grad_output, *options):
-    *_, grad_x, grad_w, grad_b, _backend = options[:10]  # the op's trailing arguments
-    return _fake_grads(x, linear_weight, bias, (grad_x, grad_w, grad_b))
+def _(x, linear_weight, target, bias, weight, grad_output, *args):
+    return _lce_fake(x, linear_weight, bias, grad_output, _Args(*args))[1:]
 
 
-def _linear_target_grad(x, W, bias, target, weight, grad_output, eps, cap, reduction, chunk_size) -> Tensor:
+def _logit_chunks(x: Tensor, W: Tensor, bias: Tensor | None, chunk_size: int) -> Iterator[tuple[slice, Tensor]]:
+    """(s, z) chunk by chunk: rows s and their logits z = x[s] W^T + b (n, V), re-formed."""
+    P, V = x.shape[0], W.shape[0]
+    for s in _chunked.chunks(P, _chunked.chunk_rows(P, V, _chunked.acc_dtype(x.dtype), chunk_size or None)):
+        yield s, (x[s] @ W.T if bias is None else torch.addmm(bias, x[s], W.T))
+
+
+def _linear_target_grad(x, W, bias, target: Tensor, weight, grad_output, args: _Args) -> Tensor:
     """dJ/dt = -(1 - eps) k w ln a for a probability target, the logits re-formed chunk by chunk."""
-    P, V = target.shape
     out = torch.empty_like(target)
-    acc = _chunked.acc_dtype(x.dtype)
-    k = _target_coef(grad_output, reduction, P, acc)
-    for s in _chunked.chunks(P, _chunked.chunk_rows(P, V, acc, chunk_size or None)):
-        z = x[s] @ W.T if bias is None else torch.addmm(bias, x[s], W.T)
-        out[s] = _target_grad(z, target[s], weight, k[s] if reduction == "none" else k, eps, cap)
+    k = _target_coef(grad_output, args.reduction, target.shape[0], _chunked.acc_dtype(x.dtype))
+    for s, z in _logit_chunks(x, W, bias, args.chunk_size):
+        out[s] = _target_grad(z, target[s], weight, k[s] if args.reduction == "none" else k, args.eps, args.cap)
     return out
 
 
-def _linear_values_grad(x, W, bias, target: SparseTarget, weight, grad_output, eps, cap, reduction, chunk_size):
+def _linear_values_grad(x, W, bias, target: SparseTarget, weight, grad_output, args: _Args) -> Tensor:
     """dJ/dv = (1 - eps) k w_{i_k} (lse - z_{i_k}) for a sparse target, the logits re-formed chunk by chunk."""
-    P, V = x.shape[0], W.shape[0]
     out = torch.empty_like(target.values)
-    acc = _chunked.acc_dtype(x.dtype)
-    k = _values_coef(grad_output, target, reduction, acc)
-    for s in _chunked.chunks(P, _chunked.chunk_rows(P, V, acc, chunk_size or None)):
-        z = x[s] @ W.T if bias is None else torch.addmm(bias, x[s], W.T)
-        out[s] = _chunked.sparse_values_grad(z, _chunked.rows(target, s), weight, k[s], eps, cap or None)
+    k = _values_coef(grad_output, target, args.reduction, _chunked.acc_dtype(x.dtype))
+    for s, z in _logit_chunks(x, W, bias, args.chunk_size):
+        out[s] = _chunked.sparse_values_grad(z, _chunked.rows(target, s), weight, k[s], args.eps, args.cap or None)
     return out
 
 
 def _lce_setup(ctx, inputs, output) -> None:
-    (x, W, target, bias, weight, ignore_index, eps, lam, cap, reduction, chunk_size, *flags, backend, values) = inputs
-    ctx.opts = (ignore_index, eps, lam, cap, reduction, chunk_size, backend)
-    ctx.precomputed = reduction != "none"
-    ctx.flags = tuple(flags)  # (grad_x, grad_W, grad_b) computed by the forward
+    x, W, target, bias, weight, *args = inputs
+    args = _Args(*args)
+    ctx.args = args._replace(values=None)  # the values are saved as a tensor
+    ctx.precomputed = args.reduction != "none"
+    ctx.flags = (args.grad_x, args.grad_w, args.grad_b)  # (grad_x, grad_W, grad_b) computed by the forward
     saved = output[1:] if ctx.precomputed else (None, None, None)
-    ctx.save_for_backward(x, W, target, bias, weight, values, *saved)
+    ctx.save_for_backward(x, W, target, bias, weight, args.values, *saved)
     # the gradient outputs are not differentiable, and no zero-filled x- and W-sized gradients are made up
     # for them (that would be a transient copy of the gradients' size, and time to fill it)
     ctx.mark_non_differentiable(*output[1:])
@@ -225,11 +218,11 @@ def _lce_backward(ctx, d_loss, d_gx, d_gw, d_gb) -> tuple[Tensor | None, ...]:
     if d_loss is None:  # nothing flows back through the loss (its gradient outputs are not differentiable)
         return (None,) * len(ctx.needs_input_grad)
     x, W, target, bias, weight, values, *saved = ctx.saved_tensors
-    ignore_index, eps, lam, cap, reduction, chunk_size, backend = ctx.opts
+    args: _Args = ctx.args
     need_x, need_w, need_t, need_b = ctx.needs_input_grad[:4]
     need_v = values is not None and ctx.needs_input_grad[-1]
     if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable themselves
-        opts = _options(ignore_index, eps, lam, cap, reduction)
+        opts = args.options()
         if values is not None:  # the sparse target's values vary, its indices are fixed
             gx, gw, gv, gb = _composite.vjp(
                 lambda x_, w_, v_, b_: _composite.linear_cross_entropy_rows(
@@ -253,15 +246,15 @@ def _lce_backward(ctx, d_loss, d_gx, d_gw, d_gb) -> tuple[Tensor | None, ...]:
         # the forward computed (grad_x, grad_W, grad_b) with upstream 1: scaled in place, once
         g = _scale_saved(ctx, [s if n else None for n, s in zip(need, saved, strict=True)], d_loss) or g
     if any(n and s is None for n, s in zip(need, g, strict=True)):
-        opts = (ignore_index, eps, lam, cap, reduction, chunk_size)
-        got = _lce_bwd(x, W, target, bias, weight, d_loss, *opts, *need, backend, values)
+        asked = args._replace(grad_x=need_x, grad_w=need_w, grad_b=need_b, values=values)
+        got = _lce_bwd(x, W, target, bias, weight, d_loss, *asked)
         g = [t if n else None for n, t in zip(need, got, strict=True)]
     g_target = g_values = None
     if need_v:
         t = SparseTarget(target, values)
-        g_values = _linear_values_grad(x, W, bias, t, weight, d_loss, eps, cap, reduction, chunk_size)
+        g_values = _linear_values_grad(x, W, bias, t, weight, d_loss, args)
     elif need_t and values is None:
-        g_target = _linear_target_grad(x, W, bias, target, weight, d_loss, eps, cap, reduction, chunk_size)
+        g_target = _linear_target_grad(x, W, bias, target, weight, d_loss, args)
     return g[0], g[1], g_target, g[2], *([None] * 11), g_values  # a trailing None past the inputs is allowed
 
 
@@ -289,22 +282,6 @@ def linear_cross_entropy_rows(
         t = _target(target, values)
         return _composite.linear_cross_entropy_rows(x, linear_weight, t, bias, weight, options)
     on = torch.is_grad_enabled()
-    loss = _lce_fwd(
-        x,
-        linear_weight,
-        target,
-        bias,
-        weight,
-        options.ignore_index,
-        options.label_smoothing,
-        options.z_loss,
-        options.softcap or 0.0,
-        options.reduction,
-        int(chunk_size or 0),
-        on and x.requires_grad,
-        on and linear_weight.requires_grad,
-        on and bias is not None and bias.requires_grad,
-        backend or "",
-        values,
-    )[0]
-    return loss
+    wanted = [on and t is not None and t.requires_grad for t in (x, linear_weight, bias)]  # grad_x, grad_W, grad_b
+    args = _Args(*_op_options(options), int(chunk_size or 0), *wanted, backend or "", values)
+    return _lce_fwd(x, linear_weight, target, bias, weight, *args)[0]

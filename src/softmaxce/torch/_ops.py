@@ -38,9 +38,12 @@ rows functions below take the composite path outright (the ops have no vmap or f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
+from torch.library import CustomOpDef
 
 from .. import _engine, _half, _threads
 from .._options import CEOptions
@@ -48,6 +51,7 @@ from .._sparse import SparseTarget
 from .._validation import Layout
 from . import _chunked, _composite, _triton
 from . import _rowmath as rm
+from ._chunked import Problem
 
 __all__ = ["cross_entropy_inplace_backward", "cross_entropy_rows"]
 
@@ -100,6 +104,8 @@ def _target(target: Tensor, values: Tensor | None) -> Tensor | SparseTarget:
 # 16-bit logits the NumPy engine's `_half` kernels read and write in their own format
 _HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
+_Result = tuple[Tensor, Tensor | None]  # (loss, dloss/dlogits or None)
+
 
 def _np_target(target: Tensor | SparseTarget):
     """A target as NumPy arrays (zero-copy views on the CPU): an array or a SparseTarget of arrays."""
@@ -129,11 +135,33 @@ def _np64(t: Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().to(torch.float64).numpy()
 
 
-def _empty(like: Tensor) -> Tensor:
-    return like.new_empty((0,))
+def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
+    """t, or for None an empty tensor (an op's output cannot be None)."""
+    return t if t is not None else like.new_empty((0,))
+
+
+# ----------------------------------------------------------------------------- the ops' arguments
+
+# A custom op's schema has no CEOptions type: every op takes the loss options as these five scalars
+# after its tensors (softcap 0.0: none), and the sparse target's values last. The four ops (here and
+# in `_linear_ops.py`) give their schemas as text built on these two rather than infer them from
+# annotations, so that the options are declared once; `_op_options` and `_options` convert.
+_OPTIONS_SCHEMA = "SymInt ignore_index, float label_smoothing, float z_loss, float softcap, str reduction"
+_VALUES_SCHEMA = "Tensor? target_values=None"
+
+
+def _custom_op(name: str, schema: str) -> Callable[[Callable], CustomOpDef]:
+    """torch.library.custom_op with its schema written out; no op mutates its arguments."""
+    return torch.library.custom_op(name, mutates_args=(), schema=schema)
+
+
+def _op_options(options: CEOptions) -> tuple[int, float, float, float, str]:
+    """The options as the ops take them (`_OPTIONS_SCHEMA`)."""
+    return options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 0.0, options.reduction
 
 
 def _options(ignore_index: int, eps: float, lam: float, cap: float, reduction: str) -> CEOptions:
+    """The options from the ops' scalars (eps, lam, cap: label_smoothing, z_loss, softcap)."""
     return CEOptions(
         ignore_index=ignore_index,
         reduction=reduction,
@@ -146,14 +174,8 @@ def _options(ignore_index: int, eps: float, lam: float, cap: float, reduction: s
 # ----------------------------------------------------------------------------- cross_entropy on rows
 
 
-def _ce_numpy(
-    logits: Tensor,
-    target: Tensor | SparseTarget,
-    weight: Tensor | None,
-    opts: CEOptions,
-    want_grad: bool,
-    grad_output: Tensor | None,
-) -> tuple[Tensor, Tensor | None]:
+def _ce_numpy(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Tensor | None) -> _Result:
+    target, weight, opts = problem
     P, C = logits.shape
     sparse = isinstance(target, SparseTarget)
     probability = sparse or target.dim() == 2
@@ -191,59 +213,41 @@ def _ce_numpy(
     return loss, grad
 
 
-def _ce_chunked(
-    logits: Tensor,
-    target: Tensor | SparseTarget,
-    weight: Tensor | None,
-    opts: CEOptions,
-    want_grad: bool,
-    grad_output: Tensor | None,
-) -> tuple[Tensor, Tensor | None]:
+def _ce_chunked(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Tensor | None) -> _Result:
+    target, weight, opts = problem
     acc = _chunked.acc_dtype(logits.dtype)
     norm, coef = _chunked.prepare(target, weight, opts, logits.shape[1], acc, want_grad, grad_output)
-    loss, grad, _ = _chunked.ce_rows(logits, target, weight, opts, coef)
+    loss, grad, _ = _chunked.ce_rows(logits, problem, coef)
     return _chunked.reduce(loss, opts.reduction, norm).to(logits.dtype), grad
 
 
-def _ce_impl(
-    logits: Tensor,
-    target: Tensor | SparseTarget,
-    weight: Tensor | None,
-    opts: CEOptions,
-    want_grad: bool,
-    grad_output: Tensor | None,
-    backend: str,
-) -> tuple[Tensor, Tensor | None]:
+def _ce_impl(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Tensor | None, backend: str) -> _Result:
+    """(loss, grad or None) on the backend for these tensors (the module docstring's dispatch)."""
     if _use_triton(backend, logits):
+        target, weight, opts = problem
         return _triton.cross_entropy_rows(logits, target, weight, opts, want_grad, grad_output)
-    half_ok = logits.device.type == "cpu" and logits.dtype in _HALF and not isinstance(target, SparseTarget)
+    half_ok = logits.device.type == "cpu" and logits.dtype in _HALF and not isinstance(problem.target, SparseTarget)
     if (_numpy_path(logits) or half_ok) and backend != "torch":
         with _threads.torch_threads():
-            return _ce_numpy(logits, target, weight, opts, want_grad, grad_output)
-    return _ce_chunked(logits, target, weight, opts, want_grad, grad_output)
+            return _ce_numpy(logits, problem, want_grad, grad_output)
+    return _ce_chunked(logits, problem, want_grad, grad_output)
 
 
-@torch.library.custom_op("softmaxce::cross_entropy_rows", mutates_args=())
-def _ce_fwd(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-    compute_grad: bool,
-    backend: str,
-    target_values: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+# the two ops' tensors; the backward's are followed by grad_output
+_CE_TENSORS = "Tensor logits, Tensor target, Tensor? weight"
+
+
+@_custom_op(
+    "softmaxce::cross_entropy_rows",
+    f"({_CE_TENSORS}, {_OPTIONS_SCHEMA}, bool compute_grad, str backend, {_VALUES_SCHEMA}) -> (Tensor, Tensor)",
+)
+def _ce_fwd(logits, target, weight, ignore_index, eps, lam, cap, reduction, compute_grad, backend, values=None):
     """(loss, grad): loss reduced (0-d) or (P,); grad = dloss/dlogits (P, C) with upstream 1 when
     compute_grad and reduction != "none", else an empty tensor. With target_values (P, K), target is
     a sparse target's (P, K) indices."""
-    opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    want = compute_grad and reduction != "none"
-    loss, grad = _ce_impl(logits, _target(target, target_values), weight, opts, want, None, backend)
-    return loss, grad if grad is not None else _empty(logits)
+    problem = Problem(_target(target, values), weight, _options(ignore_index, eps, lam, cap, reduction))
+    loss, grad = _ce_impl(logits, problem, compute_grad and reduction != "none", None, backend)
+    return loss, _or_empty(grad, logits)
 
 
 @_ce_fwd.register_fake
@@ -254,23 +258,14 @@ def _(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, re
     return loss, grad
 
 
-@torch.library.custom_op("softmaxce::cross_entropy_rows_backward", mutates_args=())
-def _ce_bwd(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    grad_output: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float,
-    reduction: str,
-    backend: str,
-    target_values: Tensor | None = None,
-) -> Tensor:
+@_custom_op(
+    "softmaxce::cross_entropy_rows_backward",
+    f"({_CE_TENSORS}, Tensor grad_output, {_OPTIONS_SCHEMA}, str backend, {_VALUES_SCHEMA}) -> Tensor",
+)
+def _ce_bwd(logits, target, weight, grad_output, ignore_index, eps, lam, cap, reduction, backend, values=None):
     """dJ/dlogits (P, C) for the upstream gradient grad_output (0-d, or (P,) for "none")."""
-    opts = _options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    return _ce_impl(logits, _target(target, target_values), weight, opts, True, grad_output, backend)[1]
+    problem = Problem(_target(target, values), weight, _options(ignore_index, eps, lam, cap, reduction))
+    return _ce_impl(logits, problem, True, grad_output, backend)[1]
 
 
 @_ce_bwd.register_fake
@@ -375,19 +370,7 @@ def cross_entropy_rows(
     if weight_grad or _composite.transforms_active(logits, target, weight, values):
         return _composite.cross_entropy_rows(logits, _target(target, values), weight, options)
     needs = torch.is_grad_enabled() and logits.requires_grad
-    loss, _ = _ce_fwd(
-        logits,
-        target,
-        weight,
-        options.ignore_index,
-        options.label_smoothing,
-        options.z_loss,
-        options.softcap or 0.0,
-        options.reduction,
-        needs,
-        backend or "",
-        values,
-    )
+    loss, _ = _ce_fwd(logits, target, weight, *_op_options(options), needs, backend or "", values)
     return loss
 
 

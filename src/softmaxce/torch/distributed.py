@@ -41,11 +41,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 from torch import distributed as dist
 
-from .._options import REDUCTIONS, CEOptions
+from .._options import REDUCTIONS, CEOptions, LossKeywords
 from .._sparse import SparseTarget
 from .._validation import (
     TargetOutOfBoundsError,
@@ -58,9 +60,13 @@ from . import _dtypes
 from ._chunked import acc_dtype, check_sparse_indices, chunk_rows
 from ._vocab_parallel import Plan, VocabParallelFunction, collective
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
 __all__ = [
     "ShardLayoutError",
     "VocabParallelCrossEntropyResult",
+    "VocabParallelOptions",
     "vocab_parallel_linear_cross_entropy",
     "vocab_parallel_linear_cross_entropy_with_stats",
 ]
@@ -111,23 +117,20 @@ class VocabParallelCrossEntropyResult:
     entropy: torch.Tensor
 
 
+class VocabParallelOptions(LossKeywords, total=False):
+    """The keyword options of the vocab-parallel head: `softmaxce.CEOptions`' keywords, and `group`,
+    `bias_shard`, `weight`, `normalizer`, `chunk_size` (see `vocab_parallel_linear_cross_entropy`)."""
+
+    group: dist.ProcessGroup | None
+    bias_shard: torch.Tensor | None
+    weight: torch.Tensor | None
+    normalizer: float | torch.Tensor | None
+    chunk_size: int | None
+
+
 def vocab_parallel_linear_cross_entropy(
-    input: torch.Tensor,
-    weight_shard: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    vocab_start: int,
-    group: dist.ProcessGroup | None = None,
-    bias_shard: torch.Tensor | None = None,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    normalizer: float | torch.Tensor | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
+    input: Tensor, weight_shard: Tensor, target: Tensor, *, vocab_start: int, **options: Unpack[VocabParallelOptions]
+) -> Tensor:
     """Cross-entropy of a linear head whose vocabulary is sharded across the ranks of `group`.
 
     Equals, on every rank, `F.cross_entropy(x @ W.T + b, target, weight=w, ...)` for the full
@@ -148,6 +151,7 @@ def vocab_parallel_linear_cross_entropy(
             `softmaxce.SparseTarget` of torch tensors, (..., K) GLOBAL indices and values, the same
             on every rank (gradients flow to its values; ignore_index must then be negative).
         vocab_start: first global class this rank holds. The shards of all ranks must tile [0, V).
+        **options: keyword-only, declared in `VocabParallelOptions`; an unknown keyword raises TypeError:
         group: the process group (default: the world).
         bias_shard: (Vs,) rows of the bias, or None.
         weight: (Vs,) this rank's slice of the class weight, or None (all ones).
@@ -168,41 +172,11 @@ def vocab_parallel_linear_cross_entropy(
             raises that check's error (PyTorch's type and message), the others a ShardLayoutError.
         RuntimeError: a collective failed (a rank died or timed out); raised within the group's timeout.
     """
-    return _run(
-        input,
-        weight_shard,
-        target,
-        vocab_start,
-        group,
-        bias_shard,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
-        normalizer,
-        chunk_size,
-        want_stats=False,
-    ).loss
+    return _run("vocab_parallel_linear_cross_entropy", input, weight_shard, target, vocab_start, options, False).loss
 
 
 def vocab_parallel_linear_cross_entropy_with_stats(
-    input: torch.Tensor,
-    weight_shard: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    vocab_start: int,
-    group: dist.ProcessGroup | None = None,
-    bias_shard: torch.Tensor | None = None,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    normalizer: float | torch.Tensor | None = None,
-    chunk_size: int | None = None,
+    input: Tensor, weight_shard: Tensor, target: Tensor, *, vocab_start: int, **options: Unpack[VocabParallelOptions]
 ) -> VocabParallelCrossEntropyResult:
     """`vocab_parallel_linear_cross_entropy` plus per-position lse, global argmax and entropy.
 
@@ -210,43 +184,15 @@ def vocab_parallel_linear_cross_entropy_with_stats(
     maximum, (P, k), so that each rank learns who holds the global argmax). The logits are never
     gathered. `predicted` is exact for V < 2**24 with float32/half input (2**53 with float64).
     """
-    return _run(
-        input,
-        weight_shard,
-        target,
-        vocab_start,
-        group,
-        bias_shard,
-        weight,
-        ignore_index,
-        reduction,
-        label_smoothing,
-        z_loss,
-        softcap,
-        normalizer,
-        chunk_size,
-        want_stats=True,
-    )
+    function = "vocab_parallel_linear_cross_entropy_with_stats"
+    return _run(function, input, weight_shard, target, vocab_start, options, want_stats=True)
 
 
 def _run(
-    x,
-    w,
-    target,
-    vocab_start,
-    group,
-    b,
-    cw,
-    ignore_index,
-    reduction,
-    eps,
-    lam,
-    cap,
-    normalizer,
-    chunk_size,
-    *,
-    want_stats: bool,
+    function: str, x, w, target, vocab_start, keywords: VocabParallelOptions, want_stats: bool
 ) -> VocabParallelCrossEntropyResult:
+    group, b, cw = keywords.get("group"), keywords.get("bias_shard"), keywords.get("weight")
+    normalizer, chunk_size = keywords.get("normalizer"), keywords.get("chunk_size")
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("vocab_parallel_linear_cross_entropy needs torch.distributed.init_process_group() first")
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -257,9 +203,7 @@ def _run(
     local_error: BaseException | None = None
     meta = [math.nan] * len(_FIELDS)
     try:
-        options = CEOptions(
-            ignore_index=ignore_index, reduction=reduction, label_smoothing=eps, z_loss=lam, softcap=cap
-        )
+        options = CEOptions.from_keywords(function, keywords, VocabParallelOptions)
         kind = _check_local(x, w, target, vocab_start, b, cw, options, normalizer, chunk_size)
         meta = [
             float(vocab_start),
