@@ -1,15 +1,33 @@
-"""Helpers shared by the benchmark scripts: timing, peak-memory readings (Linux), tables and CSV output."""
+"""Helpers shared by the benchmark scripts: timing, peak-memory readings (Linux), measurements in a fresh
+subprocess, the inputs of a fused linear head, option parsing, tables and CSV output."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import pathlib
 import resource
+import subprocess
+import sys
 import time
 
-__all__ = ["best_time", "print_table", "reset_peak_rss", "peak_rss_bytes", "rss_bytes", "write_csv"]
+import numpy as np
+
+__all__ = [
+    "backward_step",
+    "best_time",
+    "chosen",
+    "head_inputs",
+    "measure_call",
+    "peak_rss_bytes",
+    "print_table",
+    "reset_peak_rss",
+    "rss_bytes",
+    "run_child",
+    "write_csv",
+]
 
 
 def rss_bytes() -> int:
@@ -34,6 +52,61 @@ def reset_peak_rss() -> None:
     """Resets the RSS high-water mark to the current RSS (Linux), so that what came before does not count."""
     with contextlib.suppress(OSError):
         pathlib.Path("/proc/self/clear_refs").write_text("5")
+
+
+def measure_call(run, outputs: int) -> tuple[float, int]:
+    """(seconds, extra peak bytes) of one call run(): the peak RSS during the call minus the RSS before it
+    (the high-water mark is reset first, so that making the inputs does not count; Linux), minus `outputs`
+    bytes of results that are not working memory (gradients)."""
+    reset_peak_rss()
+    base = rss_bytes()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    return seconds, max(0, peak_rss_bytes() - base - outputs)
+
+
+def run_child(script: str | os.PathLike, *args, what: str) -> dict | None:
+    """Runs `python script *args` in a fresh process (a measurement whose memory must start clean) and
+    returns the JSON object on the last line of its output; None, having printed "(`what` failed: the
+    last line of its stderr)", where the process fails."""
+    cmd = [sys.executable, str(script), *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print(f"  ({what} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def head_inputs(rng: np.random.Generator, N: int, D: int, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of a fused linear head, float32: x (N, D) standard normal, W (V, D) scaled by 1 / sqrt(D),
+    so that the logits x W^T have unit scale."""
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    return x, W
+
+
+def backward_step(loss, *leaves):
+    """A no-argument function doing one training step of the torch tensors `leaves`: clears their .grad,
+    runs loss().backward(), and returns the new gradients (a tuple, one per leaf)."""
+
+    def run():
+        for leaf in leaves:
+            leaf.grad = None
+        loss().backward()
+        return tuple(leaf.grad for leaf in leaves)
+
+    return run
+
+
+def chosen(parser, text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """The names in the comma-separated `text`, in its order; a parser error naming those not in `choices`
+    (`what` names the option's items, e.g. "contenders")."""
+    names = tuple(c for c in text.split(",") if c)
+    unknown = set(names) - set(choices)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {choices}")
+    return names
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike, fields: list[str] | None = None) -> None:

@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import (  # benchmarks/_common.py (this folder is on sys.path)
-    peak_rss_bytes,
-    print_table,
-    reset_peak_rss,
-    rss_bytes,
-    write_csv,
-)
+# benchmarks/_common.py (this folder is on sys.path)
+from _common import backward_step, best_time, chosen, head_inputs, measure_call, print_table, run_child, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("matmul3", "softmaxce", "torch_eager", "torch_chunked")
@@ -36,8 +28,7 @@ CONTENDERS = ("matmul3", "softmaxce", "torch_eager", "torch_chunked")
 
 def _inputs(N, D, V, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, D), dtype=np.float32)
-    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    x, W = head_inputs(rng, N, D, V)
     t = rng.integers(0, V, N)
     return x, W, t
 
@@ -71,20 +62,9 @@ def _runner(name, x, W, t, threads):
     tt = torch.from_numpy(t)
 
     if name == "torch_eager":
-
-        def run():
-            xt.grad = Wt.grad = None
-            F.cross_entropy(F.linear(xt, Wt), tt).backward()
-
-        return run
-
+        return backward_step(lambda: F.cross_entropy(F.linear(xt, Wt), tt), xt, Wt)
     opts = torch.nn.LinearCrossEntropyOptions()
-
-    def run():
-        xt.grad = Wt.grad = None
-        F.linear_cross_entropy(xt, Wt, tt, options=opts).backward()
-
-    return run
+    return backward_step(lambda: F.linear_cross_entropy(xt, Wt, tt, options=opts), xt, Wt)
 
 
 def _memory_child(name, N, D, V, threads):
@@ -92,33 +72,26 @@ def _memory_child(name, N, D, V, threads):
     small = _inputs(8, D, 64)
     _runner(name, *small, threads)()  # numba cache load, torch allocator, BLAS buffers
     run = _runner(name, x, W, t, threads)
-    # Reset the RSS high-water mark, so that generating the inputs does not count (Linux).
-    reset_peak_rss()
-    base = rss_bytes()
-    run()
-    peak = peak_rss_bytes()
     outputs = x.nbytes + W.nbytes  # grad_x and grad_W (matmul3: its G^T x and G W outputs)
     if name == "matmul3":
         outputs += N * V * 4  # its logits buffer is an output of the floor, not working memory
-    print(json.dumps({"extra_peak_mb": max(0, peak - base - outputs) / 2**20}))
+    _, extra = measure_call(run, outputs)
+    print(json.dumps({"extra_peak_mb": extra / 2**20}))
 
 
 def _measure_memory(name, N, D, V, threads):
-    cmd = [sys.executable, __file__, "--child", name, str(N), str(D), str(V), str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        return float("nan"), out.stderr.strip().splitlines()[-1:] or ["failed"]
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_mb"], None
+    """Extra peak MB of one call of contender `name`, measured in a fresh subprocess (NaN if it fails)."""
+    got = run_child(__file__, "--child", name, N, D, V, threads, what=f"{name} memory run")
+    return float("nan") if got is None else got["extra_peak_mb"]
 
 
-def _time(run, repeat):
-    run()  # warm-up (numba cache load, torch allocator)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best
+# print_table's header and row format for the rows of bench()
+TABLE = (
+    f"{'N':>6} {'D':>5} {'V':>7} {'contender':<14} {'time s':>8} {'x matmul3':>9} "
+    f"{'softmaxce faster':>16} {'extra MB':>9}",
+    "{N:>6} {D:>5} {V:>7} {contender:<14} {time_s:>8.3f} "
+    "{vs_matmul3!s:>9} {softmaxce_speedup!s:>15}x {extra_peak_mb:>9.1f}",
+)
 
 
 def bench(shapes, threads, repeat, contenders=CONTENDERS):
@@ -127,10 +100,8 @@ def bench(shapes, threads, repeat, contenders=CONTENDERS):
         x, W, t = _inputs(N, D, V)
         times, mems = {}, {}
         for name in contenders:
-            times[name] = _time(_runner(name, x, W, t, threads), repeat)
-            mems[name], err = _measure_memory(name, N, D, V, threads)
-            if err:
-                print(f"  ({name} memory run failed: {err[0]})", file=sys.stderr)
+            times[name] = best_time(_runner(name, x, W, t, threads), repeat)  # after a warm-up call
+            mems[name] = _measure_memory(name, N, D, V, threads)
         for name in contenders:
             rows.append(
                 {
@@ -148,16 +119,6 @@ def bench(shapes, threads, repeat, contenders=CONTENDERS):
     return rows
 
 
-def _print(rows):
-    print_table(
-        rows,
-        f"{'N':>6} {'D':>5} {'V':>7} {'contender':<14} {'time s':>8} {'x matmul3':>9} "
-        f"{'softmaxce faster':>16} {'extra MB':>9}",
-        "{N:>6} {D:>5} {V:>7} {contender:<14} {time_s:>8.3f} "
-        "{vs_matmul3!s:>9} {softmaxce_speedup!s:>15}x {extra_peak_mb:>9.1f}",
-    )
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -168,21 +129,17 @@ def main(argv=None):
     p.add_argument("--shapes", help="N,D,V triples separated by ';' (default: the issue's three shapes)")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.child:
+    if a.child:  # a measurement subprocess (see run_child)
         name, *nums = a.child
-        _memory_child(name, *map(int, nums))
-        return
+        return _memory_child(name, *map(int, nums))
     shapes = [(512, 256, 8192)] if a.quick else [(4096, 1024, 32768), (4096, 1024, 128256), (4096, 4096, 32768)]
     if a.shapes:
         shapes = [tuple(int(v) for v in triple.split(",")) for triple in a.shapes.split(";")]
-    contenders = tuple(c for c in a.contenders.split(",") if c)
-    unknown = set(contenders) - set(CONTENDERS)
-    if unknown:
-        p.error(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
+    contenders = chosen(p, a.contenders, CONTENDERS, "contenders")
     rows = bench(shapes, a.threads, 1 if a.quick else a.repeat, contenders)
     if a.scale:
         rows += bench([(8192, 1024, 262144)], a.threads, 1, contenders=("softmaxce",))
-    _print(rows)
+    print_table(rows, *TABLE)
     write_csv(rows, RESULTS / ("linear_quick.csv" if a.quick else "linear.csv"))
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +50,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, peak_rss_bytes, print_table, reset_peak_rss, rss_bytes, write_csv  # noqa: E402
+from _common import (  # noqa: E402
+    backward_step,
+    best_time,
+    chosen,
+    head_inputs,
+    measure_call,
+    print_table,
+    run_child,
+    write_csv,
+)
 
 THREADS = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "matrix.csv"
@@ -73,44 +81,37 @@ class Cell:
     min_repeat: int = 1  # at least this many timed loops, whatever --repeat says
 
 
-def _short(section, name, shape):
-    return Cell(section, name, shape, calls=10, min_repeat=20)
+DTYPE_PREFIXES = {"f64": "float64", "bf16": "bfloat16"}  # cell name prefix -> dtype (none: float32)
+
+
+def _cells(section, names, **timing):
+    """Cells named by their shape, "NxC" or "NxCxd1xd2" (fused: "NxDxV"), with the dtype as an optional
+    prefix ("f64-8192x4096"); `timing`: calls and min_repeat (for short calls)."""
+    cells = []
+    for name in names.split():
+        prefix, _, dims = name.rpartition("-")
+        dtype = DTYPE_PREFIXES[prefix] if prefix else "float32"
+        cells.append(Cell(section, name, tuple(int(d) for d in dims.split("x")), dtype, **timing))
+    return cells
+
+
+def _short(section, names):
+    """Cells of calls too short to time one by one: loops of 10 calls, best of at least 20 loops."""
+    return _cells(section, names, calls=10, min_repeat=20)
 
 
 FULL = [
-    Cell("numpy", "1048576x10", (1048576, 10)),
-    Cell("numpy", "262144x100", (262144, 100)),
-    Cell("numpy", "65536x1000", (65536, 1000)),
-    Cell("numpy", "8192x32768", (8192, 32768)),
-    Cell("numpy", "1024x262144", (1024, 262144)),
-    Cell("numpy", "16x2x256x256", (16, 2, 256, 256)),
-    Cell("numpy", "8x21x128x128", (8, 21, 128, 128)),
-    Cell("numpy", "f64-8192x4096", (8192, 4096), "float64"),
-    Cell("torch", "262144x10", (262144, 10)),
-    Cell("torch", "65536x1000", (65536, 1000)),
-    Cell("torch", "8192x32768", (8192, 32768)),
-    Cell("torch", "16x2x256x256", (16, 2, 256, 256)),
-    Cell("torch", "8x21x128x128", (8, 21, 128, 128)),
-    Cell("torch", "bf16-65536x1000", (65536, 1000), "bfloat16"),
-    Cell("torch", "bf16-4096x32768", (4096, 32768), "bfloat16"),
-    _short("torch", "256x1024", (256, 1024)),
-    _short("torch", "4096x10", (4096, 10)),
-    Cell("fused", "4096x1024x32768", (4096, 1024, 32768)),
-    Cell("fused", "4096x1024x128256", (4096, 1024, 128256)),
+    *_cells("numpy", "1048576x10 262144x100 65536x1000 8192x32768 1024x262144 16x2x256x256 8x21x128x128"),
+    *_cells("numpy", "f64-8192x4096"),
+    *_cells("torch", "262144x10 65536x1000 8192x32768 16x2x256x256 8x21x128x128 bf16-65536x1000 bf16-4096x32768"),
+    *_short("torch", "256x1024 4096x10"),
+    *_cells("fused", "4096x1024x32768 4096x1024x128256"),
 ]
 QUICK = [
-    Cell("numpy", "16384x10", (16384, 10)),
-    Cell("numpy", "4096x100", (4096, 100)),
-    Cell("numpy", "4x2x64x64", (4, 2, 64, 64)),
-    Cell("numpy", "2x21x32x32", (2, 21, 32, 32)),
-    Cell("numpy", "f64-512x4096", (512, 4096), "float64"),
-    Cell("torch", "4096x100", (4096, 100)),
-    Cell("torch", "4x2x64x64", (4, 2, 64, 64)),
-    Cell("torch", "2x21x32x32", (2, 21, 32, 32)),
-    Cell("torch", "bf16-1024x1000", (1024, 1000), "bfloat16"),
-    _short("torch", "256x1024", (256, 1024)),
-    _short("torch", "4096x10", (4096, 10)),
-    Cell("fused", "512x256x8192", (512, 256, 8192)),
+    *_cells("numpy", "16384x10 4096x100 4x2x64x64 2x21x32x32 f64-512x4096"),
+    *_cells("torch", "4096x100 4x2x64x64 2x21x32x32 bf16-1024x1000"),
+    *_short("torch", "256x1024 4096x10"),
+    *_cells("fused", "512x256x8192"),
 ]
 
 
@@ -151,8 +152,7 @@ def reference_grad(logits, target) -> np.ndarray:
 
 def fused_problem(N, D, V):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, D), dtype=np.float32)
-    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    x, W = head_inputs(rng, N, D, V)
     return x, W, rng.integers(0, V, N)
 
 
@@ -324,13 +324,7 @@ def fused_contenders(x_np, W_np, t_np):
 
     def ours():
         xl, Wl = x.clone().requires_grad_(True), W.clone().requires_grad_(True)
-
-        def run():
-            xl.grad = Wl.grad = None
-            sce.linear_cross_entropy(xl, Wl, t).backward()
-            return xl.grad, Wl.grad
-
-        return run
+        return backward_step(lambda: sce.linear_cross_entropy(xl, Wl, t), xl, Wl)  # returns (x.grad, W.grad)
 
     return {"torch.mm x3": gemm3, "softmaxce": ours}
 
@@ -345,20 +339,13 @@ def fused_extra_peak_child(N, D, V) -> None:
     softmaxce.set_num_threads(THREADS)
     fused_contenders(*fused_problem(8, D, 64))["softmaxce"]()()  # code loads, allocator, BLAS buffers
     run = fused_contenders(*fused_problem(N, D, V))["softmaxce"]()
-    reset_peak_rss()  # making the inputs does not count (Linux)
-    base = rss_bytes()
-    run()
-    grads = (N * D + V * D) * 4  # x.grad and W.grad are outputs, not working memory
-    print(json.dumps({"extra_mib": max(0, peak_rss_bytes() - base - grads) / 2**20}))
+    _, extra = measure_call(run, outputs=(N * D + V * D) * 4)  # x.grad and W.grad are not working memory
+    print(json.dumps({"extra_mib": extra / 2**20}))
 
 
 def fused_extra_peak(N, D, V) -> float:
-    cmd = [sys.executable, __file__, "--peak-child", f"{N},{D},{V}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        print(f"  (memory subprocess failed: {res.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
-        return float("nan")
-    return json.loads(res.stdout.strip().splitlines()[-1])["extra_mib"]
+    got = run_child(__file__, "--peak-child", f"{N},{D},{V}", what="memory subprocess")
+    return float("nan") if got is None else got["extra_mib"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,10 +431,7 @@ def main() -> None:
     if args.peak_child:
         fused_extra_peak_child(*map(int, args.peak_child.split(",")))
         return
-    sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    sections = chosen(parser, args.sections, SECTIONS, "sections")
 
     import softmaxce
 

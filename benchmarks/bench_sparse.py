@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import peak_rss_bytes, print_table, reset_peak_rss, rss_bytes, write_csv  # benchmarks/_common.py
+# benchmarks/_common.py (this folder is on sys.path)
+from _common import backward_step, chosen, head_inputs, measure_call, print_table, run_child, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONTENDERS = ("softmaxce", "softmaxce_torch", "torch_dense", "torch_linear")
@@ -38,8 +37,7 @@ CONTENDERS = ("softmaxce", "softmaxce_torch", "torch_dense", "torch_linear")
 def _inputs(N, D, V, K, seed=0):
     """x (N, D), W (V, D), a teacher's top-K class indices (N, K) and their renormalized probabilities."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, D), dtype=np.float32)
-    W = (rng.standard_normal((V, D), dtype=np.float32) / np.sqrt(D)).astype(np.float32)
+    x, W = head_inputs(rng, N, D, V)
     idx = rng.integers(0, V, (N, K))
     teacher = rng.standard_normal((N, K)) * 2
     p = np.exp(teacher - teacher.max(axis=1, keepdims=True))
@@ -73,26 +71,11 @@ def _runner(name, x, W, idx, p, threads):
 
         softmaxce.set_num_threads(threads)
         target = softmaxce.SparseTarget(it, pt)
-
-        def run():
-            xt.grad = Wt.grad = None
-            sce.linear_cross_entropy(xt, Wt, target).backward()
-
-        return run
+        return backward_step(lambda: sce.linear_cross_entropy(xt, Wt, target), xt, Wt)
     if name == "torch_dense":
-
-        def run():
-            xt.grad = Wt.grad = None
-            F.cross_entropy(F.linear(xt, Wt), dense_target()).backward()
-
-        return run
+        return backward_step(lambda: F.cross_entropy(F.linear(xt, Wt), dense_target()), xt, Wt)
     opts = torch.nn.LinearCrossEntropyOptions()
-
-    def run():
-        xt.grad = Wt.grad = None
-        F.linear_cross_entropy(xt, Wt, dense_target(), options=opts).backward()
-
-    return run
+    return backward_step(lambda: F.linear_cross_entropy(xt, Wt, dense_target(), options=opts), xt, Wt)
 
 
 def _child(name, N, D, V, K, threads, repeat):
@@ -100,26 +83,27 @@ def _child(name, N, D, V, K, threads, repeat):
     _runner(name, *_inputs(64, D, 2048, 4), threads)()
     x, W, idx, p = _inputs(N, D, V, K)
     run = _runner(name, x, W, idx, p, threads)
-    reset_peak_rss()  # the inputs do not count (Linux)
-    base = rss_bytes()
-    best = float("inf")
-    for i in range(repeat):
+    best, extra = measure_call(run, outputs=x.nbytes + W.nbytes)  # the first call; outputs: grad_x and grad_W
+    for _ in range(repeat - 1):
         t0 = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - t0)
-        if i == 0:
-            peak = peak_rss_bytes()
-    outputs = x.nbytes + W.nbytes  # grad_x and grad_W
-    print(json.dumps({"time_s": best, "extra_peak_mb": max(0, peak - base - outputs) / 2**20}))
+    print(json.dumps({"time_s": best, "extra_peak_mb": extra / 2**20}))
 
 
 def _measure(name, N, D, V, K, threads, repeat):
-    cmd = [sys.executable, __file__, "--child", name, *map(str, (N, D, V, K, threads, repeat))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        print(f"  ({name} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]})", file=sys.stderr)
-        return {"time_s": float("nan"), "extra_peak_mb": float("nan")}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """{"time_s", "extra_peak_mb"} of contender `name`, measured in a fresh subprocess (NaN if it fails)."""
+    got = run_child(__file__, "--child", name, N, D, V, K, threads, repeat, what=name)
+    return got or {"time_s": float("nan"), "extra_peak_mb": float("nan")}
+
+
+# print_table's header and row format for the rows of bench()
+TABLE = (
+    f"{'N':>5} {'D':>5} {'V':>7} {'K':>3} {'contender':<15} {'time s':>8} {'extra MB':>9} "
+    f"{'time / softmaxce':>16} {'memory / softmaxce':>18}",
+    "{N:>5} {D:>5} {V:>7} {K:>3} {contender:<15} {time_s:>8.3f} "
+    "{extra_peak_mb:>9.1f} {softmaxce_speedup!s:>15}x {memory_vs_softmaxce!s:>17}x",
+)
 
 
 def bench(N, D, V, K, threads, repeat, contenders=CONTENDERS):
@@ -157,16 +141,6 @@ def bench(N, D, V, K, threads, repeat, contenders=CONTENDERS):
     return rows
 
 
-def _print(rows):
-    print_table(
-        rows,
-        f"{'N':>5} {'D':>5} {'V':>7} {'K':>3} {'contender':<15} {'time s':>8} {'extra MB':>9} "
-        f"{'time / softmaxce':>16} {'memory / softmaxce':>18}",
-        "{N:>5} {D:>5} {V:>7} {K:>3} {contender:<15} {time_s:>8.3f} "
-        "{extra_peak_mb:>9.1f} {softmaxce_speedup!s:>15}x {memory_vs_softmaxce!s:>17}x",
-    )
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="N=1024 D=512 V=32768 K=32")
@@ -176,19 +150,15 @@ def main(argv=None):
     p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
     p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.child:
+    if a.child:  # a measurement subprocess (see run_child)
         name, *nums = a.child
-        _child(name, *map(int, nums))
-        return
+        return _child(name, *map(int, nums))
     shape = (1024, 512, 32768, 32) if a.quick else (4096, 1024, 128256, 32)
     if a.shape:
         shape = tuple(int(v) for v in a.shape.split(","))
-    contenders = tuple(c for c in a.contenders.split(",") if c)
-    unknown = set(contenders) - set(CONTENDERS)
-    if unknown:
-        p.error(f"unknown contenders {sorted(unknown)}; choose from {CONTENDERS}")
+    contenders = chosen(p, a.contenders, CONTENDERS, "contenders")
     rows = bench(*shape, a.threads, a.repeat, contenders)
-    _print(rows)
+    print_table(rows, *TABLE)
     write_csv(rows, RESULTS / ("sparse_quick.csv" if a.quick else "sparse.csv"))
 
 

@@ -5,28 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import softmaxce.torch as sce
-
-
-class TinyModel(torch.nn.Module):
-    def __init__(self, head: str, reduction: str):
-        super().__init__()
-        self.body = torch.nn.Linear(6, 8)
-        self.out = torch.nn.Linear(8, 11, bias=True)
-        self.head = head
-        self.reduction = reduction
-
-    def forward(self, x, t):
-        h = torch.relu(self.body(x))
-        kw = dict(reduction=self.reduction, label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
-        if self.head == "fused":
-            loss = sce.linear_cross_entropy(h, self.out.weight, t, linear_bias=self.out.bias, **kw)
-        else:
-            loss = sce.cross_entropy(self.out(h), t, **kw)
-        if self.reduction == "none":
-            loss = (loss * torch.arange(1, loss.numel() + 1, dtype=loss.dtype)).sum()  # non-uniform upstream
-        return loss
+from _tiny_model import TinyModel, assert_matches_eager
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -46,10 +25,7 @@ def test_compiled_matches_eager(head, reduction, dtype):
     compiled = torch.compile(model, fullgraph=True, backend="inductor" if inductor else "aot_eager")
     loss = compiled(x, t)
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
-    torch.testing.assert_close(loss, eager, **tol)
-    for g, e in zip(grads, eager_grads, strict=True):
-        torch.testing.assert_close(g, e, **tol)
+    assert_matches_eager(loss, grads, eager, eager_grads, dtype)
 
 
 def test_opcheck():

@@ -8,17 +8,6 @@ import torch.nn.functional as F
 from _torchref import assert_drop_in_signature, assert_raises_like_torch, ref_cross_entropy
 
 import softmaxce.torch as sce
-from softmaxce.torch import _ops
-
-PATHS = ["numpy", "chunked"]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    """Runs a test on the NumPy-engine path and on the torch chunked path (forced, in float64)."""
-    if request.param == "chunked":
-        monkeypatch.setattr(_ops, "_numpy_path", lambda t: False)
-    return request.param
 
 
 def _problem(shape, kind, gen, *, ignore=True):

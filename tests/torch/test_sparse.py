@@ -12,22 +12,13 @@ import math
 
 import pytest
 import torch
+from _tiny_model import TinyModel, assert_matches_eager
 from _torchref import ref_cross_entropy
 
 import softmaxce
 import softmaxce.torch as sce
 from softmaxce import SparseTarget
 from softmaxce.torch import _linear_ops, _ops
-
-PATHS = ["numpy", "chunked"]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    """Runs a test on the NumPy-engine path and on the torch chunked path (forced, in float64)."""
-    if request.param == "chunked":
-        monkeypatch.setattr(_ops, "_numpy_path", lambda t: False)
-    return request.param
 
 
 def _dense(idx: torch.Tensor, val: torch.Tensor, C: int) -> torch.Tensor:
@@ -370,31 +361,12 @@ def test_errors():
     )
 
 
-class _Model(torch.nn.Module):
-    def __init__(self, head: str, reduction: str):
-        super().__init__()
-        self.body = torch.nn.Linear(6, 8)
-        self.out = torch.nn.Linear(8, 11, bias=True)
-        self.head, self.reduction = head, reduction
-
-    def forward(self, x, target):
-        h = torch.relu(self.body(x))
-        kw = dict(reduction=self.reduction, label_smoothing=0.1, z_loss=1e-3, softcap=5.0)
-        if self.head == "fused":
-            loss = sce.linear_cross_entropy(h, self.out.weight, target, linear_bias=self.out.bias, **kw)
-        else:
-            loss = sce.cross_entropy(self.out(h), target, **kw)
-        if self.reduction == "none":
-            loss = (loss * torch.arange(1, loss.numel() + 1, dtype=loss.dtype)).sum()  # non-uniform upstream
-        return loss
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("head", ["fused", "logits"])
 def test_compiled_matches_eager(head, dtype):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = _Model(head, "none" if dtype == torch.float32 else "mean").to(dtype)
+    model = TinyModel(head, "none" if dtype == torch.float32 else "mean").to(dtype)
     x = torch.randn(10, 6, dtype=dtype)
     idx, val = _sparse_problem((10,), 11, 3, torch.Generator().manual_seed(1), dtype)
     v_eager, v_comp = val.clone().requires_grad_(), val.clone().requires_grad_()
@@ -404,10 +376,7 @@ def test_compiled_matches_eager(head, dtype):
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     loss = compiled(x, SparseTarget(idx, v_comp))
     grads = torch.autograd.grad(loss, [*params, v_comp])
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
-    torch.testing.assert_close(loss, eager, **tol)
-    for g, e in zip(grads, eager_grads, strict=True):
-        torch.testing.assert_close(g, e, **tol)
+    assert_matches_eager(loss, grads, eager, eager_grads, dtype)
 
 
 def test_opcheck():

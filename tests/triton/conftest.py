@@ -16,6 +16,7 @@ import sys
 import warnings
 
 import pytest
+import torch
 
 if importlib.util.find_spec("triton") is None:  # the [gpu] extra is not installed: nothing to run here
     collect_ignore_glob = ["test_*.py"]
@@ -48,3 +49,13 @@ def interpret(monkeypatch):
         # numpy warns on inf * 0 in masked lanes of a tile, which the kernels discard with tl.where
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+@pytest.fixture(params=[False, True], ids=["atomic", "deterministic"])
+def deterministic(request):
+    """Runs the test with torch.use_deterministic_algorithms off ("atomic": the fused head's weight
+    gradients by atomic adds) and on ("deterministic": by `_lce_backward_cols`); restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)

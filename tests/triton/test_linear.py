@@ -17,14 +17,6 @@ GRID = [
 ]
 
 
-@pytest.fixture(params=[False, True], ids=["atomic", "deterministic"])
-def deterministic(request):
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(request.param)
-    yield request.param
-    torch.use_deterministic_algorithms(before)
-
-
 def _problem(rng, probability, weighted, options, d=D, dtype=torch.float32, scale=1.0):
     x = torch.from_numpy(rng.normal(0.0, scale, (P, d))).to(dtype)
     W = torch.from_numpy(rng.normal(0.0, 1.0, (V, d))).to(dtype)

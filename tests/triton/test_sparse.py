@@ -36,14 +36,6 @@ FEW = [
 ]
 
 
-@pytest.fixture(params=[False, True], ids=["atomic", "deterministic"])
-def deterministic(request):
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(request.param)
-    yield request.param
-    torch.use_deterministic_algorithms(before)
-
-
 def sparse_target(rng, classes: int) -> SparseTarget:
     """(P, K) rows with duplicates (entries 0 and 1 of row 0), padding, an all-padding row."""
     idx = torch.from_numpy(rng.integers(0, classes, (P, K)))

@@ -1,7 +1,8 @@
 """Launchers of the Triton kernels (`_kernels.py`) with the contract of the chunked torch path.
 
-`cross_entropy_rows` and `linear_cross_entropy_rows` take and return what `_ops._ce_chunked` and
-`_linear_ops._lce_chunked` do, so the op layer dispatches to either: the loss reduced per
+`cross_entropy_rows` and `linear_cross_entropy_rows` take the fields of `_chunked.Problem` (target,
+weight, options) unpacked and return what `_ops._ce_chunked` and `_linear_ops._lce_chunked` do, so
+the op layer dispatches to either: the loss reduced per
 `options.reduction` ("mean" divides by docs/SEMANTICS.md's normalizer), and the gradients
 d(loss)/d(input) times the upstream gradient (1 when `grad_output` is None; per position for "none").
 The normalizer, the row coefficients k = dJ/dl_n and the reduction of the per-row losses are the
@@ -109,27 +110,36 @@ def _precision(dtype: torch.dtype, interpret: bool) -> str:
     return "ieee"
 
 
-def _target_args(target: Tensor | SparseTarget, num_classes: int, dummy: Tensor) -> tuple[Tensor, int, Tensor, bool]:
-    """(target contiguous, its row stride, the values, is probability) as the kernels read a target:
-    class indices (P,) (stride 1), probabilities (P, C) (stride C), or a sparse target's (P, K)
-    indices (stride K) and values. Unread pointers (and those of empty tensors) are `dummy`."""
-    if isinstance(target, SparseTarget):
-        K = target.indices.shape[1]
+def _kernel_args(
+    kernels: ModuleType,
+    target: Tensor | SparseTarget,
+    weight: Tensor | None,
+    options: CEOptions,
+    num_classes: int,
+    dummy: Tensor,
+) -> tuple:
+    """The kernels' (`Target`, `Options`, `Flags`) for this target, class weight and options. The target
+    is read as class indices (P,) (stride 1), probabilities (P, C) (stride C), or a sparse target's (P, K)
+    indices (stride K) and values; unread pointers (and those of empty tensors) are `dummy`."""
+    sparse = isinstance(target, SparseTarget)
+    if sparse:
+        probability, K = True, target.indices.shape[1]
         if K == 0:  # no entries: every row is ignored, nothing is read
-            return dummy, 0, dummy, True
-        return target.indices.contiguous(), K, target.values.contiguous(), True
-    probability = target.dim() == 2
-    return target.contiguous(), (num_classes if probability else 1), dummy, probability
-
-
-def _flags(options: CEOptions, probability: bool, weight: Tensor | None, sparse: bool) -> dict:
-    return {
-        "IS_PROB": probability,
-        "HAS_WEIGHT": weight is not None,
-        "IS_SPARSE": sparse,
-        "DENSE": probability or options.label_smoothing > 0.0,
-        "SOFTCAP": options.softcap is not None,
-    }
+            t, t_stride, v = dummy, 0, dummy
+        else:
+            t, t_stride, v = target.indices.contiguous(), K, target.values.contiguous()
+    else:
+        probability = target.dim() == 2
+        t, t_stride, v = target.contiguous(), (num_classes if probability else 1), dummy
+    flags = kernels.Flags(
+        IS_PROB=probability,
+        HAS_WEIGHT=weight is not None,
+        IS_SPARSE=sparse,
+        DENSE=probability or options.label_smoothing > 0.0,
+        SOFTCAP=options.softcap is not None,
+    )
+    opts = kernels.Options(options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0)
+    return kernels.Target(t, t_stride, v, dummy if weight is None else weight.contiguous()), opts, flags
 
 
 # ----------------------------------------------------------------------------- cross-entropy on logits
@@ -165,18 +175,16 @@ def cross_entropy_rows(
             raise ValueError(f"out must be a contiguous {z.dtype} tensor of shape {tuple(z.shape)}")
         grad = out if out is not None else torch.empty_like(z)
     if P > 0 and C > 0:
-        t, t_stride, v, probability = _target_args(target, C, loss)
-        w = None if weight is None else weight.contiguous()
+        kernels = _kernels(interpret)
+        target_arg, opts, flags = _kernel_args(kernels, target, weight, options, C, loss)
         k = coef if coef is not None else loss  # (P,), may be a stride-0 view; unread without a gradient
         block_p = 4 if interpret else 1
         block_c = 8 if interpret else min(_next_pow2(C), 4096 if z.element_size() >= 4 else 8192)
         grid = (triton_cdiv(P, block_p),)
-        _kernels(interpret)._ce_kernel[grid](
-            z, z.stride(0), t, t_stride, v, w if w is not None else loss, k, k.stride(0), loss,
-            grad if grad is not None else z, C if grad is None else grad.stride(0),
-            P, C, options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
-            COMPUTE_GRAD=want_grad, BLOCK_P=block_p, BLOCK_C=block_c,
-            **_flags(options, probability, w, isinstance(target, SparseTarget)),
+        kernels._ce_kernel[grid](
+            z, z.stride(0), target_arg, k, k.stride(0), loss,
+            grad if grad is not None else z, C if grad is None else grad.stride(0), P, C, opts,
+            F=flags, COMPUTE_GRAD=want_grad, BLOCK_P=block_p, BLOCK_C=block_c,
             **({} if interpret else {"num_warps": 8 if block_c >= 2048 else 4}),
         )  # fmt: skip
     elif grad is not None:
@@ -195,12 +203,12 @@ _GPU_BLOCKS = {"forward": (64, 128, 64, 8, 3), "rows": (64, 128, 64, 8, 2), "col
 _INTERPRETER_BLOCKS = (16, 16, 16)  # tl.dot's smallest tile; small odd test shapes span several tiles
 
 
-def _blocks(kind: str, interpret: bool) -> tuple[dict, dict]:
+def _blocks(kind: str, interpret: bool) -> tuple[int, int, int, dict]:
+    """(BLOCK_P, BLOCK_V, BLOCK_D, launch options) of a fused-head kernel."""
     if interpret:
-        bp, bv, bd = _INTERPRETER_BLOCKS
-        return {"BLOCK_P": bp, "BLOCK_V": bv, "BLOCK_D": bd}, {}
+        return (*_INTERPRETER_BLOCKS, {})
     bp, bv, bd, warps, stages = _GPU_BLOCKS[kind]
-    return {"BLOCK_P": bp, "BLOCK_V": bv, "BLOCK_D": bd}, {"num_warps": warps, "num_stages": stages}
+    return bp, bv, bd, {"num_warps": warps, "num_stages": stages}
 
 
 _LinearResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
@@ -243,44 +251,36 @@ def linear_cross_entropy_rows(
     gb = torch.zeros(V, dtype=torch.float32, device=dev) if need and want[2] else None
     if P > 0 and V > 0:
         dummy = loss
-        t, t_stride, v, probability = _target_args(target, V, dummy)
-        w = None if weight is None else weight.contiguous()
-        common = dict(
-            **_flags(options, probability, w, isinstance(target, SparseTarget)),
-            HAS_BIAS=b is not None,
-            UPCAST=interpret,
-            PRECISION=_precision(dtype, interpret),
-        )
-        ptrs = (xc, Wc, b if b is not None else dummy, t, t_stride, v, w if w is not None else dummy)
-        blocks, launch = _blocks("forward", interpret)
-        grid = (triton_cdiv(P, blocks["BLOCK_P"]),)
-        kernels._lce_forward[grid](
-            *ptrs, loss, lse, alpha, P, V, D,
-            options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 1.0,
-            **common, **blocks, **launch,
-        )  # fmt: skip
+        target_arg, opts, flags = _kernel_args(kernels, target, weight, options, V, dummy)
+        precision = _precision(dtype, interpret)
+
+        def launch(kernel, kind: str, *outputs, **switches) -> None:
+            """kernel(x, W, b, target, *outputs, P, V, D, options) over blocks of rows, or of classes for "cols"."""
+            bp, bv, bd, tuning = _blocks(kind, interpret)
+            head = kernels.Head(HAS_BIAS=b is not None, UPCAST=interpret, PRECISION=precision, BLOCK_D=bd)
+            grid = (triton_cdiv(V, bv) if kind == "cols" else triton_cdiv(P, bp),)
+            kernel[grid](
+                xc, Wc, b if b is not None else dummy, target_arg, *outputs, P, V, D, opts,
+                F=flags, H=head, BLOCK_P=bp, BLOCK_V=bv, **switches, **tuning,
+            )  # fmt: skip
+
+        launch(kernels._lce_forward, "forward", loss, lse, alpha)
         if need:
             deterministic = torch.are_deterministic_algorithms_enabled()
             atomic_w = gw is not None and not deterministic
             atomic_b = gb is not None and not deterministic
-            scalars = (options.ignore_index, options.label_smoothing, options.softcap or 1.0)
+            saved = (lse, alpha, coef, coef.stride(0))
             if gx is not None or atomic_w or atomic_b:
-                blocks, launch = _blocks("rows", interpret)
-                grid = (triton_cdiv(P, blocks["BLOCK_P"]),)
-                kernels._lce_backward_rows[grid](
-                    *ptrs, lse, alpha, coef, coef.stride(0),
+                launch(
+                    kernels._lce_backward_rows, "rows", *saved,
                     gx if gx is not None else dummy, gw if gw is not None else dummy, gb if gb is not None else dummy,
-                    P, V, D, *scalars, WANT_DX=gx is not None, ATOMIC_DW=atomic_w, ATOMIC_DB=atomic_b,
-                    **common, **blocks, **launch,
+                    WANT_DX=gx is not None, ATOMIC_DW=atomic_w, ATOMIC_DB=atomic_b,
                 )  # fmt: skip
             if deterministic and (gw is not None or gb is not None):
-                blocks, launch = _blocks("cols", interpret)
-                grid = (triton_cdiv(V, blocks["BLOCK_V"]),)
-                kernels._lce_backward_cols[grid](
-                    *ptrs, lse, alpha, coef, coef.stride(0),
+                launch(
+                    kernels._lce_backward_cols, "cols", *saved,
                     gw if gw is not None else dummy, gb if gb is not None else dummy,
-                    P, V, D, *scalars, WANT_DW=gw is not None, WANT_DB=gb is not None,
-                    **common, **blocks, **launch,
+                    WANT_DW=gw is not None, WANT_DB=gb is not None,
                 )  # fmt: skip
     return (
         _chunked.reduce(loss, options.reduction, norm).to(x.dtype),
