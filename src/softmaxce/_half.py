@@ -37,7 +37,17 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._bits import JIT
-from ._rows import BLOCK, fast_exp, index_row, probability_row, row_max, weight_sum, weights_nonnegative
+from ._rows import (
+    BLOCK,
+    fast_exp,
+    index_alpha,
+    index_loss,
+    index_row,
+    probability_row,
+    row_max,
+    weight_sum,
+    weights_nonnegative,
+)
 from ._x86 import AVX2_FMA, exp16_store, max16
 
 __all__ = [
@@ -245,16 +255,11 @@ def _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, l
     l_se = m + math.log(s)
     lse[n] = l_se
     w_y = weight[y] if weighted else 1.0
-    # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
-    ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
-    if smooth > 0.0:
-        term = wsum * l_se - wz
-        ll += smooth * (max(term, 0.0) if wpos else term)
-    loss[n] = ll
+    loss[n] = index_loss(l_se, zy, w_y, wz, wsum, wpos, eps, smooth, lam)
     if want_grad:
         k = coef[n]
         # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s,  beta_j = (eps / C) w_j + [j == y] (1 - eps) w_y
-        alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
+        alpha = index_alpha(l_se, w_y, wsum, eps, smooth, lam)
         scale = np.float32(k * alpha / s)
         b = k * smooth
         g = gb[n]

@@ -44,6 +44,8 @@ __all__ = [
     "ROUND_MAGIC",
     "fast_exp",
     "ignored_row",
+    "index_alpha",
+    "index_loss",
     "row_flags",
     "row_max",
     "row_softmax",
@@ -53,6 +55,28 @@ __all__ = [
     "weighted_logit_sum",
     "weights_nonnegative",
 ]
+
+
+@njit(inline="always", **JIT)
+def index_loss(l_se, zy, w_y, wz, wsum, wpos, eps, smooth, lam):
+    """A class-index position's loss, lse = l_se, z_y = zy, wz = sum_c w_c z_c, smooth = eps / C:
+
+    l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
+
+    The smoothing term sum_c w_c (lse - z_c) = wsum lse - wz is >= 0 when no weight is negative
+    (wpos); it is clamped at 0 then, so rounding cannot make it negative."""
+    ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
+    if smooth > 0.0:
+        term = wsum * l_se - wz
+        ll += smooth * (max(term, 0.0) if wpos else term)
+    return ll
+
+
+@njit(inline="always", **JIT)
+def index_alpha(l_se, w_y, wsum, eps, smooth, lam):
+    """alpha = sum_j beta_j + 2 lam w_y lse = (1 - eps) w_y + (eps / C) sum_c w_c + 2 lam w_y lse, the
+    factor of a_j in a class-index position's gradient k (alpha a_j - beta_j)."""
+    return (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
 
 
 @njit(**JIT)
@@ -70,12 +94,7 @@ def index_row(n, z, target, weight, wsum, wpos, eps, lam, cap, ignore_index, coe
     row, m, s = row_softmax(z, n, cap, grad, want_grad, want_stats, lse, argmax, entropy)
     l_se = m + math.log(s)  # NaN for a non-finite row
     w_y = weight[y] if weighted else 1.0
-    # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
-    ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
-    if smooth > 0.0:
-        term = wsum * l_se - wz  # sum_c w_c (lse - z_c): >= 0 when no weight is negative, up to rounding
-        ll += smooth * (max(term, 0.0) if wpos else term)
-    loss[n] = ll
+    loss[n] = index_loss(l_se, zy, w_y, wz, wsum, wpos, eps, smooth, lam)
     if want_grad:
         e = grad[n]
         k = coef[n]
@@ -83,7 +102,7 @@ def index_row(n, z, target, weight, wsum, wpos, eps, lam, cap, ignore_index, coe
             e[:] = np.nan
             return
         # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s
-        alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
+        alpha = index_alpha(l_se, w_y, wsum, eps, smooth, lam)
         softmax_grad(e, z.dtype.type(k * alpha / s), k, smooth, weight, weighted)
         e[y] -= z.dtype.type(k * (1.0 - eps) * w_y)
         if cap > 0.0:

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT, float_from_sortable, magnitude_bits
-from ._rows import fast_exp, weight_sum, weights_nonnegative
+from ._rows import fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 
 __all__ = [
     "SMALL_MAX_C",
@@ -180,11 +180,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         l_se = np.float64(m[r]) + ln_at_least_1(sr)  # s >= 1: its largest term is exp(0) = 1
         ls[r] = l_se
         lse[p0 + r] = l_se if keep or want_stats else np.nan
-        w_y = wy[r]
-        # l = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c w_c (lse - z_c) + w_y lam lse^2
-        ll = (1.0 - eps) * w_y * (l_se - zy[r]) + w_y * lam * l_se * l_se
-        term = wsum * l_se - wz[r]  # >= 0 without negative weights, up to rounding
-        ll += smooth * (max(term, 0.0) if wpos else term)
+        ll = index_loss(l_se, zy[r], wy[r], wz[r], wsum, wpos, eps, smooth, lam)
         loss[p0 + r] = ll if keep else 0.0
     if want_stats:
         for r in range(Ru):
@@ -199,7 +195,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         keep = yb[r] >= 0
         k = coef[p0 + r] if keep else 0.0
         w_y = wy[r]
-        alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * ls[r]
+        alpha = index_alpha(ls[r], w_y, wsum, eps, smooth, lam)
         sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s
         bk[r] = dt(k * smooth)
         fx[r] = dt(k * (1.0 - eps) * w_y)
