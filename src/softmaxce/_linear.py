@@ -10,7 +10,7 @@ and three matrix products (all on scipy's BLAS) finish the chunk:
     grad_W       += G.T @ x[chunk] (V, D)   BLAS gemm with beta=1: accumulated in place, fixed order
     grad_b       += sum_rows G     (V,)
 
-Extra memory is the chunk buffer (rows x V), chosen from `chunk_size` or about 96 MiB, independent
+Extra memory is the chunk buffer (rows x V), chosen from `chunk_size` or about 48 MiB, independent
 of N. Every option of `cross_entropy` is supported on this path (no fallback that forms all logits),
 because the row kernel handles them all, and the normalizer for "mean" is computed from the targets
 before the first chunk.
@@ -43,7 +43,7 @@ class LinearOptions(LossOptions, total=False):
     """The keyword options of the fused head: `LossOptions` (with a (V,) class `weight`) and
 
     bias: optional (V,) output-layer bias (default None).
-    chunk_size: positions per chunk (default None: as many as fit about 96 MiB of logits).
+    chunk_size: positions per chunk (default None: as many as fit about 48 MiB of logits).
     """
 
     bias: npt.ArrayLike | None
@@ -64,7 +64,7 @@ def linear_cross_entropy(
             or a scipy.sparse (positions, V) matrix; then neither the N x V logits nor an N x V
             target is ever formed (top-k distillation).
         **options: keyword-only (`LinearOptions`): `bias`, an optional (V,) output-layer bias;
-            `chunk_size`, positions per chunk (default: as many as fit about 96 MiB of logits);
+            `chunk_size`, positions per chunk (default: as many as fit about 48 MiB of logits);
             `weight`, optional (V,) class weights; and the other options of `softmaxce.cross_entropy`.
 
     Returns:
