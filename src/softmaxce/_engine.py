@@ -37,9 +37,9 @@ __all__ = [
 
 PARALLEL_MIN_SIZE = 1 << 16  # logits below which the kernels run on the calling thread only
 # The memory budget of one chunk of logits, in bytes: the fused head's buffer (384 rows at V = 32768,
-# float32) and the torch chunked path's working set. The kernels' own work unit is separate. At
-# N = 4096, D = 1024, V = 32768 and 128256 a 48 MiB chunk takes the time of a 96 MiB one (the products
-# stay compute-bound); 32 MiB is slower at V = 128256.
+# float32) and the torch chunked path's working set. The kernels' own work unit is separate. A 48 MiB
+# chunk took the time of a 96 MiB one (D = 1024; N = 4096, V = 32768 and N = 2048, V = 128256);
+# 32 MiB was 1.2x slower at V = 128256, and bigger chunks are faster there (benchmarks/README.md).
 CHUNK_BYTES = 48 * 2**20
 
 
