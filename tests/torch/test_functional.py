@@ -232,5 +232,5 @@ def test_eager_calls_match_the_custom_op_bit_for_bit(reduction):
         (grad,) = torch.autograd.grad(scalar, z, create_graph=True)
         (second,) = torch.autograd.grad((grad * grad).sum(), z)
         results.append((loss.detach(), grad.detach(), second))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
