@@ -390,6 +390,89 @@ def cross_entropy_rows(
     return loss
 
 
+# ----------------------------------------------------------------------------- class axis 1, in place
+
+
+def axis1_applies(logits: Tensor, target: Tensor, weight: Tensor | None, backend: str | None) -> bool:
+    """Whether `cross_entropy_axis1` takes these (N, C, d1..dk) logits: float32/float64 CPU, a
+    class-index target, the automatic or NumPy backend, an eager call (no tracing, no torch.func
+    transform, no forward-AD tangent)."""
+    return (
+        logits.dim() > 2
+        and backend is None
+        and _numpy_path(logits)
+        and not target.is_floating_point()
+        and not _traced(logits, target, weight)
+        and not _composite.transforms_active(logits, target, weight)
+    )
+
+
+class _Axis1(torch.autograd.Function):
+    """cross_entropy of (N, C, d1..dk) logits with class-index targets on the NumPy engine, which
+    reads them in place (`softmaxce._axis1`: class axis 1, no moved copy) and writes the gradient in
+    the same layout; the backward scales that saved gradient in place (`_scale_saved`). Second
+    order goes through the composite path on the moved rows."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+        want_grad = ctx.needs_input_grad[0] and options.reduction != "none"
+        with _threads.torch_threads():
+            r = _engine.forward_logits(
+                _np(logits),
+                _np(target),
+                _np64(weight),
+                options,
+                want_grad=want_grad,
+                want_stats=False,
+                grad_output=None,
+                out=None,
+            )
+        grad = torch.from_numpy(r.grad_logits) if want_grad else None
+        ctx.save_for_backward(logits, target, weight, grad)
+        ctx.options = options
+        return torch.from_numpy(np.asarray(r.loss))  # in the logits' dtype
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor) -> tuple[Tensor | None, ...]:
+        logits, target, weight, grad = ctx.saved_tensors
+        options = ctx.options
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient, through the rows
+            C = logits.shape[1]
+
+            def rows(z: Tensor) -> Tensor:
+                return _composite.cross_entropy_rows(
+                    z.movedim(1, -1).reshape(-1, C), target.reshape(-1), weight, options
+                )
+
+            (g,) = _composite.vjp(
+                rows, (logits,), (True,), d_loss.reshape(-1) if options.reduction == "none" else d_loss
+            )
+            return g, None, None, None
+        if grad is not None:
+            scaled = _scale_saved(ctx, [grad], d_loss)
+            if scaled is not None:
+                return scaled[0], None, None, None
+        with _threads.torch_threads():  # reduction "none", or a second backward (retain_graph)
+            r = _engine.forward_logits(
+                _np(logits),
+                _np(target),
+                _np64(weight),
+                options,
+                want_grad=True,
+                want_stats=False,
+                grad_output=_np64(d_loss),
+                out=None,
+            )
+        return torch.from_numpy(r.grad_logits), None, None, None
+
+
+def cross_entropy_axis1(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
+    """`cross_entropy` of (N, C, d1..dk) logits where `axis1_applies` (validated by the front end):
+    the loss, 0-d or of the positions' shape (N, d1..dk)."""
+    _refuse_weight_grad(weight, probability=False)
+    return _Axis1.apply(logits, target, weight, options)
+
+
 # ----------------------------------------------------------------------------- gradient over the logits
 
 
