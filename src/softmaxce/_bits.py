@@ -57,6 +57,21 @@ def pow2_of_rounded(typingctx, t):
     return sig, codegen
 
 
+@intrinsic
+def pow2_of_rounded64(typingctx, t):
+    """2**k for t = k + 1.5 * 2**52 (-1023 <= k <= 0), float64: `pow2_of_rounded` with 52 mantissa bits
+    and bias 1023; k = -1023 leaves a zero exponent and mantissa, i.e. exactly 0."""
+    sig = types.float64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        bits = builder.bitcast(args[0], i64)
+        bits = builder.add(builder.shl(bits, ir.Constant(i64, 52)), ir.Constant(i64, 0x3FF0000000000000))
+        return builder.bitcast(bits, ir.DoubleType())
+
+    return sig, codegen
+
+
 def _float_bits(x, transform):
     """The typing and codegen of an intrinsic float -> same-width signed integer: the float's bits
     `i`, then transform(builder, i, int_type, 0x7f..f)."""

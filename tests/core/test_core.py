@@ -192,6 +192,31 @@ def test_kernel_float32_exp_accuracy():
     assert np.isnan(out[5:]).all()
 
 
+def test_kernel_float64_exp_accuracy():
+    """The kernels' vectorized float64 exp: within 2 ulp of exp for x in [-708, 0], exp(0) = 1, exactly 0
+    at -inf and below exp(-708.8) (below the smallest normal float64), NaN kept."""
+    from numba import njit
+
+    from softmaxce._bits import FASTMATH
+    from softmaxce._rows import fast_exp
+
+    @njit(fastmath=FASTMATH)
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fast_exp(x[i])
+
+    x = np.concatenate([np.linspace(-708.0, 0.0, 2_000_001), -np.random.default_rng(0).random(1_000_000) * 20])
+    out = np.empty_like(x)
+    apply(x, out)
+    ref = np.exp(x)
+    assert (np.abs(out - ref) <= 2 * np.spacing(ref)).all()
+    x = np.array([0.0, -0.0, -708.9, -1e300, -np.inf, -1e-300, np.nan, -np.nan])
+    out = np.empty_like(x)
+    apply(x, out)
+    assert_array_equal(out[:6], [1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    assert np.isnan(out[6:]).all()
+
+
 @pytest.mark.parametrize("kind", ["index", "prob"])
 def test_float16_computes_in_float32(rng, kind):
     shape = (4, 1000, 2)
