@@ -9,6 +9,9 @@ turns them into their gradient G = coef * (alpha a - beta) in place, and three m
     grad_b       += sum_rows G     (V,)
 
 Extra memory is the chunk buffer, `CHUNK_BYTES` unless `chunk_size` sets its rows, independent of N.
+Positions whose class-index target is ignore_index (a masked prompt) contribute nothing, so without
+statistics the chunks run over the kept positions only (a gathered copy of their rows of x, and of
+their rows of grad_x until they are scattered back): their share of the three products is not spent.
 """
 
 from __future__ import annotations
@@ -108,11 +111,22 @@ def forward_linear(
         normalizer = 1.0
     out_positions = layout.positions_shape if x.ndim == 1 else positions
 
+    # A position whose class index is ignore_index adds nothing (loss 0, gradient 0, docs/SEMANTICS.md),
+    # so without statistics the chunks run over the kept positions only, a gathered copy of their rows
+    # of x (prompt tokens masked with -100 then cost none of the three products).
+    kept = None
+    if not (want_stats or layout.probability or layout.sparse):
+        keep = target_rows != options.ignore_index
+        if not keep.all():
+            kept = np.flatnonzero(keep)
+    Pa = P if kept is None else kept.size  # the positions the chunks run over
+
     # what this call allocates beyond the caller's arrays (copies, one chunk of logits, the gradients),
     # checked before any of it is made
-    rows = _chunk_rows(chunk_size, P, V, dtype)
+    rows = _chunk_rows(chunk_size, Pa, V, dtype)
     itemsize = np.dtype(dtype).itemsize
     copies = sum(a.size for a in (x, W) if not (a.dtype == dtype and a.flags.c_contiguous)) * itemsize
+    copies += 0 if kept is None else Pa * D * itemsize * (2 if want_grad else 1)  # x rows, grad_x rows
     grads = (P * D + V * D + V) * itemsize if want_grad else 0
     _resources.check_memory(copies + rows * V * itemsize + grads + 40 * P, "linear_cross_entropy")
     x2 = np.ascontiguousarray(x.reshape(P, D) if x.ndim > 1 else x.reshape(1, D), dtype=dtype)
@@ -121,32 +135,35 @@ def forward_linear(
     coef = None
     if want_grad:
         coef = row_coefficients(options.reduction, normalizer, grad_output, out_positions, P)
+    xa, ta, ca = x2, target_rows, coef  # the kept positions' rows (all of them, or gathered copies)
+    if kept is not None:
+        xa, ta, ca = x2[kept], target_rows[kept], None if coef is None else coef[kept]
 
     buf = np.empty((rows, V), dtype=dtype)  # the only logits-sized memory: one chunk
-    loss = np.empty(P)
-    lse = np.empty(P)
+    loss = np.empty(Pa)
+    lse = np.empty(Pa)
     predicted = np.empty(P if want_stats else 0, dtype=np.int64)
     entropy = np.empty(P if want_stats else 0)
     gx = gW = gb = None
     if want_grad:
-        gx = np.empty((P, D), dtype=dtype)
+        gx = np.empty((Pa, D), dtype=dtype)
         gW = np.zeros((V, D), dtype=dtype)
         gb = np.zeros(V, dtype=dtype) if b2 is not None else None
     products = products or ScipyProducts(dtype)
-    for start in range(0, P, rows):
-        stop = min(start + rows, P)
-        xc = x2[start:stop]
+    for start in range(0, Pa, rows):
+        stop = min(start + rows, Pa)
+        xc = xa[start:stop]
         z = buf[: stop - start]
         products.logits(xc, W2, z)  # z (n, V) = x_c W^T
         if b2 is not None:
             z += b2
         r = run_rows(
             z,
-            target_rows[start:stop],
+            ta[start:stop],
             layout.probability,
             w,
             options,
-            coef[start:stop] if want_grad else None,
+            ca[start:stop] if want_grad else None,
             z if want_grad else None,
             want_stats,
         )
@@ -160,6 +177,10 @@ def forward_linear(
             products.add_grad_weight(z, xc, gW)  # grad_W (V, D) += G^T x_c, in place
             if gb is not None:
                 gb += z.sum(axis=0)
+    if kept is not None:  # the ignored positions: loss 0, lse NaN (as the row kernel gives them), grad 0
+        loss, lse = _scatter(loss, kept, P, 0.0), _scatter(lse, kept, P, np.nan)
+        if want_grad:
+            gx = _scatter(gx, kept, P, 0.0)
 
     loss_out = reduce_loss(loss, options.reduction, normalizer, out_positions, out_dtype)
     if want_grad:
@@ -176,6 +197,13 @@ def forward_linear(
         predicted=predicted.reshape(out_positions) if want_stats else predicted,
         entropy=entropy.reshape(out_positions) if want_stats else entropy,
     )
+
+
+def _scatter(a: np.ndarray, kept: np.ndarray, P: int, fill: float) -> np.ndarray:
+    """The (P, ...) array holding a's rows at the positions `kept` and `fill` elsewhere."""
+    out = np.full((P, *a.shape[1:]), fill, dtype=a.dtype)
+    out[kept] = a
+    return out
 
 
 def _chunk_rows(chunk_size, P: int, V: int, dtype) -> int:

@@ -181,3 +181,34 @@ def test_stats_with_gradient_in_the_same_buffer(softcap):
     np.testing.assert_allclose(r.entropy, ref.entropy, rtol=1e-10)
     np.testing.assert_allclose(r.lse, ref.lse, rtol=1e-12)
     np.testing.assert_array_equal(r.predicted, ref.predicted)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ignored_positions_cost_no_products(reduction):
+    """Positions whose target is ignore_index take no part in the three products (the chunks run over
+    the kept rows only), and every result is what the unfused loss gives them: loss 0, gradient 0."""
+    from softmaxce import _fused
+    from softmaxce._options import CEOptions
+
+    x, W, b, t = _problem(P=40, seed=3)
+    t[::3] = -100  # 14 of 40 ignored
+    seen = []
+
+    class Counting(_fused.ScipyProducts):
+        def logits(self, xc, W, out):
+            seen.append(xc.shape[0])
+            super().logits(xc, W, out)
+
+    up = np.linspace(0.5, 1.5, 40) if reduction == "none" else None
+    options = CEOptions(reduction=reduction, label_smoothing=0.1, z_loss=1e-3)
+    r = _fused.forward_linear(
+        x, W, t, b, None, options, 8, want_grad=True, want_stats=False, grad_output=up, products=Counting(np.float64)
+    )
+    assert sum(seen) == np.count_nonzero(t != -100) and max(seen) == 8
+    kw = dict(reduction=reduction, label_smoothing=0.1, z_loss=1e-3, grad_output=up)
+    loss, g = softmaxce.cross_entropy_and_grad(x @ W.T + b, t, **kw)
+    np.testing.assert_allclose(r.loss, loss, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(r.grad_x, g @ W, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(r.grad_weight, g.T @ x, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(r.grad_bias, g.sum(0), rtol=1e-12, atol=1e-15)
+    assert (r.grad_x[t == -100] == 0).all()
