@@ -10,8 +10,8 @@ turns them into their gradient G = coef * (alpha a - beta) in place, and three m
 
 Extra memory is the chunk buffer, `CHUNK_BYTES` unless `chunk_size` sets its rows, independent of N.
 Positions whose class-index target is ignore_index (a masked prompt) contribute nothing, so without
-statistics the chunks run over the kept positions only (a gathered copy of their rows of x, and of
-their rows of grad_x until they are scattered back): their share of the three products is not spent.
+statistics the chunks run over the kept positions only (each chunk gathers their rows of x and
+scatters their rows of grad_x): their share of the three products is not spent.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def forward_linear(
     out_positions = layout.positions_shape if x.ndim == 1 else positions
 
     # A position whose class index is ignore_index adds nothing (loss 0, gradient 0, docs/SEMANTICS.md),
-    # so without statistics the chunks run over the kept positions only, a gathered copy of their rows
-    # of x (prompt tokens masked with -100 then cost none of the three products).
+    # so without statistics the chunks run over the kept positions only: each chunk gathers its rows of
+    # x and scatters its rows of grad_x (masked prompt tokens then cost none of the three products).
     kept = None
     if not (want_stats or layout.probability or layout.sparse):
         keep = target_rows != options.ignore_index
@@ -126,7 +126,7 @@ def forward_linear(
     rows = _chunk_rows(chunk_size, Pa, V, dtype)
     itemsize = np.dtype(dtype).itemsize
     copies = sum(a.size for a in (x, W) if not (a.dtype == dtype and a.flags.c_contiguous)) * itemsize
-    copies += 0 if kept is None else Pa * D * itemsize * (2 if want_grad else 1)  # x rows, grad_x rows
+    copies += 0 if kept is None else 2 * rows * D * itemsize  # a chunk's gathered x and grad_x rows
     grads = (P * D + V * D + V) * itemsize if want_grad else 0
     _resources.check_memory(copies + rows * V * itemsize + grads + 40 * P, "linear_cross_entropy")
     x2 = np.ascontiguousarray(x.reshape(P, D) if x.ndim > 1 else x.reshape(1, D), dtype=dtype)
@@ -135,52 +135,51 @@ def forward_linear(
     coef = None
     if want_grad:
         coef = row_coefficients(options.reduction, normalizer, grad_output, out_positions, P)
-    xa, ta, ca = x2, target_rows, coef  # the kept positions' rows (all of them, or gathered copies)
-    if kept is not None:
-        xa, ta, ca = x2[kept], target_rows[kept], None if coef is None else coef[kept]
 
     buf = np.empty((rows, V), dtype=dtype)  # the only logits-sized memory: one chunk
-    loss = np.empty(Pa)
-    lse = np.empty(Pa)
+    loss = np.zeros(P)  # an ignored position's loss is 0
+    lse = np.full(P, np.nan)  # and its lse NaN, as the row kernel gives them
     predicted = np.empty(P if want_stats else 0, dtype=np.int64)
     entropy = np.empty(P if want_stats else 0)
     gx = gW = gb = None
     if want_grad:
-        gx = np.empty((Pa, D), dtype=dtype)
+        gx = np.empty((P, D), dtype=dtype) if kept is None else np.zeros((P, D), dtype=dtype)
         gW = np.zeros((V, D), dtype=dtype)
         gb = np.zeros(V, dtype=dtype) if b2 is not None else None
+    gx_rows = None if kept is None or not want_grad else np.empty((rows, D), dtype=dtype)
     products = products or ScipyProducts(dtype)
     for start in range(0, Pa, rows):
         stop = min(start + rows, Pa)
-        xc = xa[start:stop]
+        at = slice(start, stop) if kept is None else kept[start:stop]  # the chunk's positions
+        xc = x2[at]  # a view, or the gathered kept rows
         z = buf[: stop - start]
         products.logits(xc, W2, z)  # z (n, V) = x_c W^T
         if b2 is not None:
             z += b2
         r = run_rows(
             z,
-            ta[start:stop],
+            target_rows[at],
             layout.probability,
             w,
             options,
-            ca[start:stop] if want_grad else None,
+            coef[at] if want_grad else None,
             z if want_grad else None,
             want_stats,
         )
-        loss[start:stop] = r.loss
-        lse[start:stop] = r.lse
+        loss[at] = r.loss
+        lse[at] = r.lse
         if want_stats:
             predicted[start:stop] = r.argmax
             entropy[start:stop] = r.entropy
         if want_grad:  # z now holds G = dL/dlogits for the chunk
-            products.grad_x(z, W2, gx[start:stop])  # grad_x (n, D) = G W
+            if kept is None:
+                products.grad_x(z, W2, gx[start:stop])  # grad_x (n, D) = G W
+            else:
+                products.grad_x(z, W2, gx_rows[: stop - start])
+                gx[at] = gx_rows[: stop - start]
             products.add_grad_weight(z, xc, gW)  # grad_W (V, D) += G^T x_c, in place
             if gb is not None:
                 gb += z.sum(axis=0)
-    if kept is not None:  # the ignored positions: loss 0, lse NaN (as the row kernel gives them), grad 0
-        loss, lse = _scatter(loss, kept, P, 0.0), _scatter(lse, kept, P, np.nan)
-        if want_grad:
-            gx = _scatter(gx, kept, P, 0.0)
 
     loss_out = reduce_loss(loss, options.reduction, normalizer, out_positions, out_dtype)
     if want_grad:
@@ -197,13 +196,6 @@ def forward_linear(
         predicted=predicted.reshape(out_positions) if want_stats else predicted,
         entropy=entropy.reshape(out_positions) if want_stats else entropy,
     )
-
-
-def _scatter(a: np.ndarray, kept: np.ndarray, P: int, fill: float) -> np.ndarray:
-    """The (P, ...) array holding a's rows at the positions `kept` and `fill` elsewhere."""
-    out = np.full((P, *a.shape[1:]), fill, dtype=a.dtype)
-    out[kept] = a
-    return out
 
 
 def _chunk_rows(chunk_size, P: int, V: int, dtype) -> int:
