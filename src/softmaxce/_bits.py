@@ -41,35 +41,24 @@ def round_to_k(typingctx, t):
 
 @intrinsic
 def pow2_of_rounded(typingctx, t):
-    """2**k for t = k + 1.5 * 2**23 (-127 <= k <= 127): the low bits of t shifted into the exponent field.
+    """2**k for t = k + 1.5 * 2**m, m the mantissa bits (23 for float32: -127 <= k <= 127; 52 for
+    float64: -1023 <= k <= 0): the low bits of t shifted into the exponent field.
 
-    bits(t) << 23 keeps only k's bits (those of 1.5 * 2**23 shift out), + bits(1.0) adds the bias;
-    k = -127 leaves a zero exponent and mantissa, i.e. exactly 0.
+    bits(t) << m keeps only k's bits (those of 1.5 * 2**m shift out), + bits(1.0) adds the bias;
+    k = -127 (-1023) leaves a zero exponent and mantissa, i.e. exactly 0.
     """
-    sig = types.float32(types.float32)
+    if not isinstance(t, types.Float):
+        return None
+    wide = t.bitwidth == 64
+    mantissa, one = (52, 0x3FF0000000000000) if wide else (23, 0x3F800000)
 
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        bits = builder.bitcast(args[0], i32)
-        bits = builder.add(builder.shl(bits, ir.Constant(i32, 23)), ir.Constant(i32, 0x3F800000))
-        return builder.bitcast(bits, ir.FloatType())
+        it = ir.IntType(t.bitwidth)
+        bits = builder.bitcast(args[0], it)
+        bits = builder.add(builder.shl(bits, ir.Constant(it, mantissa)), ir.Constant(it, one))
+        return builder.bitcast(bits, ir.DoubleType() if wide else ir.FloatType())
 
-    return sig, codegen
-
-
-@intrinsic
-def pow2_of_rounded64(typingctx, t):
-    """2**k for t = k + 1.5 * 2**52 (-1023 <= k <= 0), float64: `pow2_of_rounded` with 52 mantissa bits
-    and bias 1023; k = -1023 leaves a zero exponent and mantissa, i.e. exactly 0."""
-    sig = types.float64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        bits = builder.bitcast(args[0], i64)
-        bits = builder.add(builder.shl(bits, ir.Constant(i64, 52)), ir.Constant(i64, 0x3FF0000000000000))
-        return builder.bitcast(bits, ir.DoubleType())
-
-    return sig, codegen
+    return t(t), codegen
 
 
 def _float_bits(x, transform):

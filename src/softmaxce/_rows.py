@@ -41,7 +41,6 @@ from ._bits import (
     float_from_sortable,
     magnitude_bits,
     pow2_of_rounded,
-    pow2_of_rounded64,
     round_to_k,
     sortable_bits,
 )
@@ -226,7 +225,7 @@ def _exp64(x):
     p = p * r + c[2]
     p = p * r + 1.0
     p = p * r + 1.0
-    return p * pow2_of_rounded64(t)
+    return p * pow2_of_rounded(t)
 
 
 def fast_exp(x):  # pragma: no cover - replaced by the overload inside numba code

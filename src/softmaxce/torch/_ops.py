@@ -416,17 +416,7 @@ class _Axis1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
         want_grad = ctx.needs_input_grad[0] and options.reduction != "none"
-        with _threads.torch_threads():
-            r = _engine.forward_logits(
-                _np(logits),
-                _np(target),
-                _np64(weight),
-                options,
-                want_grad=want_grad,
-                want_stats=False,
-                grad_output=None,
-                out=None,
-            )
+        r = _axis1_pass(logits, target, weight, options, want_grad, None)
         grad = torch.from_numpy(r.grad_logits) if want_grad else None
         ctx.save_for_backward(logits, target, weight, grad)
         ctx.options = options
@@ -452,18 +442,23 @@ class _Axis1(torch.autograd.Function):
             scaled = _scale_saved(ctx, [grad], d_loss)
             if scaled is not None:
                 return scaled[0], None, None, None
-        with _threads.torch_threads():  # reduction "none", or a second backward (retain_graph)
-            r = _engine.forward_logits(
-                _np(logits),
-                _np(target),
-                _np64(weight),
-                options,
-                want_grad=True,
-                want_stats=False,
-                grad_output=_np64(d_loss),
-                out=None,
-            )
+        r = _axis1_pass(logits, target, weight, options, True, d_loss)  # "none", or a second backward
         return torch.from_numpy(r.grad_logits), None, None, None
+
+
+def _axis1_pass(logits, target, weight, options, want_grad: bool, grad_output: Tensor | None):
+    """The NumPy engine on the caller's (N, C, d1..dk) arrays (zero-copy views), torch's threads paused."""
+    with _threads.torch_threads():
+        return _engine.forward_logits(
+            _np(logits),
+            _np(target),
+            _np64(weight),
+            options,
+            want_grad=want_grad,
+            want_stats=False,
+            grad_output=_np64(grad_output),
+            out=None,
+        )
 
 
 def cross_entropy_axis1(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
