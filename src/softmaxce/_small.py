@@ -73,7 +73,7 @@ def new_workspace(C, R, dtype_of):
         np.empty(C * R, dt),
         vec,
         f64,
-        np.empty(R, np.int64),
+        np.empty(R, np.int32),
         np.empty(R, np.int64),
         np.empty(R, np.bool_),
     )
@@ -131,17 +131,17 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         zy[r] = 0.0
         wy[r] = 1.0
         wz[r] = 0.0
-    # m_r = max_c z_cr; z_yr and w_y picked on the way (no gather)
+    # m_r = max_c z_cr (a vectorized pass), then z_yr and w_y gathered once per position
     for c in range(Cu):
         o = so + c * ss
-        ci = np.int64(c)
-        wc = weight[c] if weighted else 1.0
         for r in range(Ru):
             v = src[o + r]
             m[r] = v if v > m[r] else m[r]
-            hit = yb[r] == ci
-            zy[r] = np.float64(v) if hit else zy[r]
-            wy[r] = wc if hit else wy[r]
+    for r in range(Ru):
+        y = yb[r]
+        if y >= 0:
+            zy[r] = np.float64(src[so + _u(y) * ss + r])
+            wy[r] = weight[y] if weighted else 1.0
     # e_cr = exp(z_cr - m_r),  s_r = sum_c e_cr  (NaN for a row holding a NaN, a +inf or only -inf)
     for c in range(Cu):
         o = so + c * ss
@@ -204,7 +204,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     for c in range(Cu):
         o = go + c * gs
         eo = c * Ru
-        ci = np.int64(c)
+        ci = np.int32(c)
         wc = dt(weight[c]) if weighted else dt(1.0)
         if cap > 0.0:  # times 1 - tanh(z / cap)^2
             inv = dt(1.0 / cap)
