@@ -44,6 +44,7 @@ __all__ = [
 
 SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
 CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work)
+GATHER_MAX_C = 16  # row-major blocks of up to this many classes are transposed in by gathers
 
 
 def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
@@ -295,16 +296,27 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     outs = (loss, lse, argmax, entropy)
     ws = new_workspace(C, R, z)
     T = ws[0]
+    zf = z.reshape(P * C)  # flat views, indexed unsigned (no wraparound code)
+    gf = grad.reshape(grad.shape[0] * grad.shape[1])
+    Cu = _u(C)
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
-        for r in range(nr):  # T[c, r] = z[b0 + r, c]   (class-major, stride nr)
-            for c in range(C):
-                T[c * nr + r] = z[b0 + r, c]
+        nu, base = _u(nr), _u(b0) * Cu
+        # T[c, r] = z[b0 + r, c] (class-major, stride nr): for a few classes the rows' c-th values are
+        # gathered (LLVM vectorizes the gather), for more the rows are read in order
+        if C <= GATHER_MAX_C:
+            for c in range(Cu):
+                for r in range(nu):
+                    T[c * nu + r] = zf[base + r * Cu + c]
+        else:
+            for r in range(nu):
+                for c in range(Cu):
+                    T[c * nu + r] = zf[base + r * Cu + c]
         column_block(C, nr, T, 0, nr, b0, task, want_grad, T, 0, nr, outs, want_stats, ws)
         if want_grad:
-            for r in range(nr):
-                for c in range(C):
-                    grad[b0 + r, c] = T[c * nr + r]
+            for r in range(nu):
+                for c in range(Cu):
+                    gf[base + r * Cu + c] = T[c * nu + r]
 
 
 @njit(inline="always", **JIT)
