@@ -63,10 +63,10 @@ def new_workspace(C, R, dtype_of):
     """Scratch of one thread for blocks of up to R positions: (T, e, xc, vec, f64, yb, am, bad).
 
     T holds a transposed block (row driver), e the exponentials, xc the soft-capped logits (all three
-    class-major, c * R + r); the rest are per position (vec: m, s, sc, bk, fx, dy in
+    class-major, c * R + r); the rest are per position (vec: m, s, sc, bk, fx in
     the logits' dtype; f64: zy, wy, wz, ez, ls)."""
     dt = dtype_of.dtype
-    vec = np.empty((6, R), dt)  # m, s, sc, bk, fx, dy
+    vec = np.empty((5, R), dt)  # m, s, sc, bk, fx
     f64 = np.empty((6, R))  # zy, wy, wz, ez, ls, (spare)
     return (
         np.empty(C * R, dt),
@@ -118,7 +118,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
-    m, s, sc, bk, fx, dy = vec[0], vec[1], vec[2], vec[3], vec[4], vec[5]
+    m, s, sc, bk, fx = vec[0], vec[1], vec[2], vec[3], vec[4]
     zy, wy, wz, ez, ls = f64[0], f64[1], f64[2], f64[3], f64[4]
     Cu, Ru, Rn, so, ss, p0, go, gs = _u(C), _u(R), R, _u(so), _u(ss), _u(p0), _u(go), _u(gs)
     dt = src.dtype.type
@@ -200,8 +200,6 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s
         bk[r] = dt(k * smooth)
         fx[r] = dt(k * (1.0 - eps) * w_y)
-        t = zy[r] / cap if cap > 0.0 else 0.0
-        dy[r] = dt(1.0 - t * t)  # the softcap's derivative at the target
     for c in range(Cu):
         o = go + c * gs
         eo = c * Ru
