@@ -49,14 +49,13 @@ def pow2_of_rounded(typingctx, t):
     """
     if not isinstance(t, types.Float):
         return None
-    wide = t.bitwidth == 64
-    mantissa, one = (52, 0x3FF0000000000000) if wide else (23, 0x3F800000)
+    mantissa, one = (52, 0x3FF0000000000000) if t.bitwidth == 64 else (23, 0x3F800000)
 
     def codegen(context, builder, signature, args):
-        it = ir.IntType(t.bitwidth)
+        it = _int_type(t)
         bits = builder.bitcast(args[0], it)
         bits = builder.add(builder.shl(bits, ir.Constant(it, mantissa)), ir.Constant(it, one))
-        return builder.bitcast(bits, ir.DoubleType() if wide else ir.FloatType())
+        return builder.bitcast(bits, args[0].type)
 
     return t(t), codegen
 

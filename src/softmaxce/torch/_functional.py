@@ -156,7 +156,7 @@ def _cross_entropy(
     _check_backend(backend, input)
     if inplace_backward:
         return _ops.cross_entropy_inplace_backward(input, target, weight, options)
-    if not layout.probability and _ops.axis1_applies(input, target, weight, backend):
+    if _ops.axis1_applies(input, target, weight, backend):
         return _ops.cross_entropy_axis1(input, target, weight, options)  # read in place, no moved copy
     C = layout.num_classes
     if input.dim() == 1:

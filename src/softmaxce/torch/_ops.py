@@ -416,7 +416,7 @@ class _Axis1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
         want_grad = ctx.needs_input_grad[0] and options.reduction != "none"
-        r = _axis1_pass(logits, target, weight, options, want_grad, None)
+        r = _engine_pass(logits, target, weight, options, want_grad, None)
         grad = torch.from_numpy(r.grad_logits) if want_grad else None
         ctx.save_for_backward(logits, target, weight, grad)
         ctx.options = options
@@ -442,22 +442,23 @@ class _Axis1(torch.autograd.Function):
             scaled = _scale_saved(ctx, [grad], d_loss)
             if scaled is not None:
                 return scaled[0], None, None, None
-        r = _axis1_pass(logits, target, weight, options, True, d_loss)  # "none", or a second backward
+        r = _engine_pass(logits, target, weight, options, True, d_loss)  # "none", or a second backward
         return torch.from_numpy(r.grad_logits), None, None, None
 
 
-def _axis1_pass(logits, target, weight, options, want_grad: bool, grad_output: Tensor | None):
-    """The NumPy engine on the caller's (N, C, d1..dk) arrays (zero-copy views), torch's threads paused."""
+def _engine_pass(logits, target, weight, options, want_grad: bool, grad_output: Tensor | None, out=None):
+    """`_engine.forward_logits` on the caller's tensors as zero-copy NumPy views (the gradient into
+    `out` when given), torch's threads paused."""
     with _threads.torch_threads():
         return _engine.forward_logits(
             _np(logits),
-            _np(target),
+            _np_target(target),
             _np64(weight),
             options,
             want_grad=want_grad,
             want_stats=False,
             grad_output=_np64(grad_output),
-            out=None,
+            out=out,
         )
 
 
@@ -478,11 +479,7 @@ class _InplaceBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
-        z = _np(logits)
-        with _threads.torch_threads():
-            r = _engine.forward_logits(
-                z, _np_target(target), _np64(weight), options, want_grad=True, want_stats=False, grad_output=None, out=z
-            )
+        r = _engine_pass(logits, target, weight, options, True, None, out=_np(logits))
         ctx.save_for_backward(logits)  # now the gradient
         return torch.as_tensor(np.asarray(r.loss), dtype=logits.dtype)
 
