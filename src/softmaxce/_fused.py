@@ -53,9 +53,10 @@ class ScipyProducts:
         """out (n, D) = G (n, V) @ W (V, D)."""
         self.gemm(1.0, W.T, G.T, beta=0.0, c=out.T, overwrite_c=1)
 
-    def add_grad_weight(self, G: np.ndarray, xc: np.ndarray, gW: np.ndarray) -> None:
-        """gW (V, D) += G (n, V)^T @ xc (n, D): gW^T (D, V, Fortran order) += xc^T G, BLAS beta = 1."""
-        self.gemm(1.0, xc.T, G.T, beta=1.0, c=gW.T, trans_b=1, overwrite_c=1)
+    def grad_weight(self, G: np.ndarray, xc: np.ndarray, gW: np.ndarray, accumulate: bool) -> None:
+        """gW (V, D) (+)= G (n, V)^T @ xc (n, D): gW^T (D, V, Fortran order) (+)= xc^T G, BLAS beta = 1
+        when accumulating, else 0 (gW is only written: it may be uninitialized)."""
+        self.gemm(1.0, xc.T, G.T, beta=float(accumulate), c=gW.T, trans_b=1, overwrite_c=1)
 
 
 def forward_linear(
@@ -136,17 +137,19 @@ def forward_linear(
     if want_grad:
         coef = row_coefficients(options.reduction, normalizer, grad_output, out_positions, P)
 
-    buf = np.empty((rows, V), dtype=dtype)  # the only logits-sized memory: one chunk
+    buf = _resources.aligned_array((rows, V), dtype)  # the only logits-sized memory: one chunk
     loss = np.zeros(P)  # an ignored position's loss is 0
     lse = np.full(P, np.nan)  # and its lse NaN, as the row kernel gives them
     predicted = np.empty(P if want_stats else 0, dtype=np.int64)
     entropy = np.empty(P if want_stats else 0)
     gx = gW = gb = None
     if want_grad:
-        gx = np.empty((P, D), dtype=dtype) if kept is None else np.zeros((P, D), dtype=dtype)
-        gW = np.zeros((V, D), dtype=dtype)
+        gx = _resources.aligned_array((P, D), dtype, zero=kept is not None)
+        # written by the first chunk's product (not accumulated into zeros: the first touch of fresh zero
+        # pages by a beta = 1 product cost 0.7-1 s for a 128256 x 1024 gW), zeroed only if no chunk runs
+        gW = _resources.aligned_array((V, D), dtype, zero=Pa == 0)
         gb = np.zeros(V, dtype=dtype) if b2 is not None else None
-    gx_rows = None if kept is None or not want_grad else np.empty((rows, D), dtype=dtype)
+    gx_rows = None if kept is None or not want_grad else _resources.aligned_array((rows, D), dtype)
     products = products or ScipyProducts(dtype)
     for start in range(0, Pa, rows):
         stop = min(start + rows, Pa)
@@ -177,7 +180,7 @@ def forward_linear(
             else:
                 products.grad_x(z, W2, gx_rows[: stop - start])
                 gx[at] = gx_rows[: stop - start]
-            products.add_grad_weight(z, xc, gW)  # grad_W (V, D) += G^T x_c, in place
+            products.grad_weight(z, xc, gW, start > 0)  # grad_W (V, D) += G^T x_c, in place
             if gb is not None:
                 gb += z.sum(axis=0)
 

@@ -224,3 +224,16 @@ def test_first_call_on_a_read_only_install(tmp_path):
     cached = [f for _, _, files in os.walk(home) for f in files if f.endswith((".nbi", ".nbc"))]
     assert cached, "numba cached nothing in the user's cache directory"
     print(f"first call on a read-only install ({kind}, uid {result['uid']}): {result['first_call_s']:.1f} s")
+
+
+@pytest.mark.parametrize("shape", [(0,), (3,), (7, 5), (2, 3, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_aligned_array(shape, dtype):
+    for zero in (False, True):
+        a = _resources.aligned_array(shape, dtype, zero=zero)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.size == 0 or a.ctypes.data % _resources.ALIGN == 0
+        if zero:
+            assert not a.any()
+        a[...] = 1  # the whole array is usable memory
+        assert a.sum() == a.size

@@ -8,7 +8,8 @@ NumPy arrays (`torch.from_numpy`), in torch's pool and thread count:
 
     logits:          out (n, V)  = xc (n, D) @ W (V, D)^T
     grad_x:          out (n, D)  = G (n, V) @ W (V, D)
-    add_grad_weight: gW  (V, D) += G (n, V)^T @ xc (n, D)     (in place: addmm_, beta = 1)
+    grad_weight:     gW  (V, D) += G (n, V)^T @ xc (n, D)     (in place: addmm_, beta = 1; the first
+                                                               chunk writes gW: mm)
 """
 
 from __future__ import annotations
@@ -28,5 +29,8 @@ class TorchProducts:
     def grad_x(self, G: np.ndarray, W: np.ndarray, out: np.ndarray) -> None:
         torch.mm(torch.from_numpy(G), torch.from_numpy(W), out=torch.from_numpy(out))
 
-    def add_grad_weight(self, G: np.ndarray, xc: np.ndarray, gW: np.ndarray) -> None:
-        torch.from_numpy(gW).addmm_(torch.from_numpy(G).T, torch.from_numpy(xc))
+    def grad_weight(self, G: np.ndarray, xc: np.ndarray, gW: np.ndarray, accumulate: bool) -> None:
+        if accumulate:
+            torch.from_numpy(gW).addmm_(torch.from_numpy(G).T, torch.from_numpy(xc))
+        else:
+            torch.mm(torch.from_numpy(G).T, torch.from_numpy(xc), out=torch.from_numpy(gW))
