@@ -276,7 +276,7 @@ def forward_logits(
             if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
                 rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
         else:
-            grad_rows = np.empty(rows.shape, dtype=store)
+            grad_rows = _resources.aligned_array(rows.shape, store)  # 64-byte aligned: faster stores
     result = run_rows(
         rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats, "float16" if half else None
     )

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.library import CustomOpDef
 
-from .. import _engine, _half, _threads
+from .. import _engine, _half, _resources, _threads
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from .._validation import Layout
@@ -199,7 +199,7 @@ def _ce_numpy(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Te
             grad = torch.from_numpy(_half.empty_bits((P, C))).view(logits.dtype)
             g_np = grad.view(torch.uint16).numpy()
         else:
-            g_np = np.empty((P, C), dtype=dtype)
+            g_np = _resources.aligned_array((P, C), dtype)
             grad = torch.from_numpy(g_np)
     r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, g_np, False, half)
     if opts.reduction == "none":
