@@ -9,7 +9,13 @@ CPU by default), batch 1 x sequence 2048, one step = forward with labels + backw
 Time is the median of --reps steps after a warm-up step; peak memory is the peak resident set size of
 a fresh worker process during those steps, minus its size before them (weights and the warm-up
 already paid), read from /proc/self/status after resetting VmHWM through /proc/self/clear_refs.
-Each variant runs in its own process. Prints a table with ratios against hf and writes
+Each variant runs in its own process. glibc keeps some freed memory mapped (heap chunks below its
+mmap threshold, which grows to 32 MiB as large blocks are freed), so that peak also counts memory
+no tensor holds any more, and it varied by about 150 MiB between runs. Each variant therefore runs a
+second time, for memory only, with MALLOC_MMAP_THRESHOLD_=131072: every block of 128 KiB or more is
+then its own mapping, returned when freed, and the peak is that of the live memory ("live" columns;
+the step is measured in the first run, under the default allocator). Prints a table with ratios
+against hf and writes
 benchmarks/results/hf.csv (or --out). Goal: softmaxce's peak is lower than hf's by at least the
 float32 logits plus their gradient (2 x S x V x 4 bytes), and its step is no slower.
 
@@ -32,6 +38,21 @@ import time
 from _common import peak_rss_bytes, reset_peak_rss, rss_bytes, write_csv  # benchmarks/_common.py
 
 IMPLS = ["hf", "torch-lce", "softmaxce"]
+LIVE_MMAP_THRESHOLD = 128 * 1024  # bytes: glibc maps every block this large or larger on its own
+
+
+def _run_worker(impl: str, env: dict[str, str], *extra: str) -> dict | None:
+    """One variant in a fresh process (with `env` added to the environment): its result row, or None."""
+    proc = subprocess.run(
+        [sys.executable, __file__, *sys.argv[1:], *extra, "--worker", impl],
+        capture_output=True,
+        text=True,
+        env=os.environ | env,
+    )
+    if proc.returncode != 0:
+        print(f"{impl} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _torch_lce_forward(model):
@@ -137,32 +158,30 @@ def main() -> None:
         return
     rows = []
     for impl in args.impls.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--worker", impl],
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-        )
-        if proc.returncode != 0:
-            print(f"{impl} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        row = _run_worker(impl, {})
+        live = _run_worker(impl, {"MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}, "--reps", "1")
+        if row is not None and live is not None:
+            rows.append(row | {"live_peak_mib": live["peak_mib"]})
     hf = next((r for r in rows if r["impl"] == "hf"), None)
     for r in rows:
         r["time_vs_hf"] = r["time_s"] / hf["time_s"] if hf else float("nan")
         r["peak_vs_hf"] = r["peak_mib"] / hf["peak_mib"] if hf and hf["peak_mib"] > 0 else float("nan")
         r["saved_mib"] = hf["peak_mib"] - r["peak_mib"] if hf else float("nan")
+        r["live_saved_mib"] = hf["live_peak_mib"] - r["live_peak_mib"] if hf else float("nan")
     logits_mib = args.batch * args.seq * args.vocab * 4 / 2**20  # float32 logits; their gradient is as large
     print(
         f"LlamaForCausalLM hidden={args.hidden} layers={args.layers} vocab={args.vocab} batch={args.batch} "
         f"seq={args.seq} {args.dtype} CPU: one training step (forward + backward + SGD), median of {args.reps}"
     )
     print(f"float32 logits: {logits_mib:.0f} MiB; goal: softmaxce saves >= {2 * logits_mib:.0f} MiB and time <= hf")
-    print(f"{'impl':<10} {'time s':>8} {'x hf':>6} {'peak MiB':>9} {'x hf':>6} {'saved MiB':>10} {'loss':>10}")
+    print(
+        f"{'impl':<10} {'time s':>8} {'x hf':>6} {'peak MiB':>9} {'x hf':>6} {'saved MiB':>10} "
+        f"{'live peak':>10} {'live saved':>11} {'loss':>10}"
+    )
     for r in rows:
         print(
             f"{r['impl']:<10} {r['time_s']:8.2f} {r['time_vs_hf']:6.2f} {r['peak_mib']:9.0f} {r['peak_vs_hf']:6.2f} "
-            f"{r['saved_mib']:10.0f} {r['loss']:10.6f}"
+            f"{r['saved_mib']:10.0f} {r['live_peak_mib']:10.0f} {r['live_saved_mib']:11.0f} {r['loss']:10.6f}"
         )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +199,8 @@ def main() -> None:
         "peak_mib",
         "peak_vs_hf",
         "saved_mib",
+        "live_peak_mib",
+        "live_saved_mib",
         "rss_peak_mib",
         "loss",
     ]
