@@ -162,8 +162,10 @@ def row_coefficients(problem_reduction: str, normalizer: float, grad_output, pos
     if problem_reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             go = np.float64(go) / np.float64(normalizer) if normalizer != 0 else np.float64(go) * np.inf
-    if np.ndim(go) == 0:
-        return np.full(P, go, dtype=np.float64)
+    if np.ndim(go) == 0:  # a work array the kernels only read (the callers never keep it)
+        coef = _resources.scratch("coef", P)
+        coef.fill(go)
+        return coef
     return kernel_array(go, np.float64)
 
 
@@ -177,15 +179,18 @@ def run_rows(
     grad: np.ndarray | None,
     want_stats: bool,
     half: str | None = None,
+    keep: bool = True,
 ) -> RowOutputs:
     """Runs the row kernel on (P, C) logits, or on (N, C, S) class-axis-1 logits read in place (P = N S,
     class-index targets); writes the gradient, in the logits' layout, into `grad` (may be `logits`).
     With `half` ("bfloat16" or "float16") the logits and the gradient are (P, C) 16-bit patterns
-    (uint16 or float16 arrays), read and written as such by `_half`'s kernels, computed in float32."""
+    (uint16 or float16 arrays), read and written as such by `_half`'s kernels, computed in float32.
+    keep=False: the caller reads the per-position loss and lse before its next engine call and keeps
+    neither, so they are this thread's scratch arrays (`_resources.scratch`)."""
     axis1 = logits.ndim == 3
     P = logits.shape[0] * logits.shape[2] if axis1 else logits.shape[0]
-    loss = np.empty(P)
-    lse = np.empty(P)
+    loss = np.empty(P) if keep else _resources.scratch("loss", P)
+    lse = np.empty(P) if keep else _resources.scratch("lse", P)
     argmax = np.empty(P if want_stats else 0, dtype=np.int64)
     entropy = np.empty(P if want_stats else 0)
     g = grad if grad is not None else np.empty((0,) + logits.shape[1:], dtype=logits.dtype)
@@ -223,7 +228,7 @@ def reduce_loss(
 ) -> np.ndarray | np.generic:
     """The reduced loss in the caller's dtype: a NumPy scalar for "mean"/"sum", an array for "none"."""
     if reduction == "none":
-        return loss_rows.reshape(positions_shape).astype(dtype)
+        return loss_rows.reshape(positions_shape).astype(dtype)  # a copy: loss_rows may be scratch
     total = loss_rows.sum()
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -277,8 +282,10 @@ def forward_logits(
                 rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
         else:
             grad_rows = _resources.aligned_array(rows.shape, store)  # 64-byte aligned: faster stores
+    # the per-position losses are reduced (or copied by reduce_loss) and lse is returned only with stats
+    half_name = "float16" if half else None
     result = run_rows(
-        rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats, "float16" if half else None
+        rows, target_rows, layout.probability, w, options, coef, grad_rows, want_stats, half_name, keep=want_stats
     )
     loss = reduce_loss(result.loss, options.reduction, normalizer, layout.positions_shape, logits.dtype)
     grad = None
@@ -298,7 +305,7 @@ def forward_logits(
     return CrossEntropyResult(
         loss=loss,
         grad_logits=grad,
-        lse=result.lse.reshape(shape),
+        lse=result.lse.reshape(shape) if want_stats else np.empty(0),
         predicted=result.argmax.reshape(shape) if want_stats else np.empty(0, np.int64),
         entropy=result.entropy.reshape(shape) if want_stats else np.empty(0),
     )

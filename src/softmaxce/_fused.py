@@ -168,6 +168,7 @@ def forward_linear(
             coef[at] if want_grad else None,
             z if want_grad else None,
             want_stats,
+            keep=False,  # loss and lse are copied out just below
         )
         loss[at] = r.loss
         lse[at] = r.lse

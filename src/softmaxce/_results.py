@@ -19,6 +19,7 @@ class CrossEntropyResult:
         lse: per-position log-sum-exp of the (soft-capped) logits, shape of the "none" loss.
         predicted: per-position argmax class (int64).
         entropy: per-position entropy of softmax(logits), -sum_c a_c ln a_c.
+        (lse, predicted and entropy are empty unless the statistics were asked for.)
     """
 
     loss: np.ndarray | np.generic

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -237,3 +238,40 @@ def test_aligned_array(shape, dtype):
             assert not a.any()
         a[...] = 1  # the whole array is usable memory
         assert a.sum() == a.size
+
+
+def test_scratch_is_reused_per_thread_and_bounded():
+    a = _resources.scratch("test-slot", 100)
+    b = _resources.scratch("test-slot", 50)
+    assert a.dtype == np.float64 and a.shape == (100,) and b.shape == (50,)
+    assert np.shares_memory(a, b)  # the slot's array, reused
+    assert not np.shares_memory(a, _resources.scratch("other-slot", 100))
+    assert not np.shares_memory(a, _resources.scratch("test-slot", 100, np.int64))  # another dtype: new
+    big = _resources.SCRATCH_MAX_BYTES // 8 + 1
+    assert not np.shares_memory(_resources.scratch("big-slot", big), _resources.scratch("big-slot", big))
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_resources.scratch("test-slot", 100)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(seen[0], _resources.scratch("test-slot", 100))  # each thread its own
+
+
+def test_results_never_alias_scratch():
+    """Losses returned for reduction="none", the statistics and the fused head's per-position results are
+    the caller's own arrays: later calls (which reuse the scratch arrays) leave them unchanged."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((300, 7))
+    t = rng.integers(0, 7, 300)
+    x, W = rng.standard_normal((300, 5)), rng.standard_normal((7, 5))
+    results = [
+        softmaxce.cross_entropy(z, t, reduction="none"),
+        softmaxce.cross_entropy_and_grad(z, t, reduction="none")[0],
+        *(lambda r: (r.loss, r.lse, r.entropy))(softmaxce.cross_entropy_with_stats(z, t, reduction="none")),
+        softmaxce.linear_cross_entropy(x, W, t, reduction="none"),
+    ]
+    kept = [r.copy() for r in results]
+    softmaxce.cross_entropy_and_grad(z[::-1] * 3, t, reduction="none")
+    softmaxce.cross_entropy_with_stats(z * 2, t[::-1], compute_grad=True)
+    softmaxce.linear_cross_entropy_and_grad(x * 2, W, t, reduction="none")
+    for r, k in zip(results, kept, strict=True):
+        assert np.array_equal(r, k)

@@ -201,8 +201,9 @@ def _ce_numpy(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Te
         else:
             g_np = _resources.aligned_array((P, C), dtype)
             grad = torch.from_numpy(g_np)
-    r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, g_np, False, half)
-    if opts.reduction == "none":
+    none = opts.reduction == "none"
+    r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, g_np, False, half, keep=none)
+    if none:
         loss = torch.from_numpy(r.loss).to(logits.dtype)
     else:
         total = r.loss.sum()
