@@ -16,7 +16,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._bits import JIT
-from ._small import CHUNK_LOGITS, block_positions, block_task, column_block, new_workspace
+from ._small import block_positions, block_task, chunk_logits, column_block, new_workspace
 
 __all__ = ["AXIS1_MAX_C", "axis1_applies", "index_axis1"]
 
@@ -41,11 +41,11 @@ def index_axis1(
 
 
 @njit(**JIT)
-def _partition(C, S):
-    """(R, blocks per chunk, chunks per image): blocks of R positions, chunks of about CHUNK_LOGITS logits."""
+def _partition(N, C, S):
+    """(R, blocks per chunk, chunks per image): blocks of R positions, chunks of about `chunk_logits` logits."""
     R = block_positions(C)
     nblocks = (S + R - 1) // R
-    per_chunk = max(1, CHUNK_LOGITS // (C * R))
+    per_chunk = max(1, chunk_logits(N * C * S) // (C * R))
     return R, per_chunk, (nblocks + per_chunk - 1) // per_chunk
 
 
@@ -54,7 +54,7 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
     """Blocks [j * per_chunk, (j + 1) * per_chunk) of image n, for ch = n * chunks_per_n + j."""
     N, C, S = z.shape
     P = N * S
-    R, per_chunk, chunks_per_n = _partition(C, S)
+    R, per_chunk, chunks_per_n = _partition(N, C, S)
     want_grad = grad.size == P * C and P > 0
     want_stats = entropy.shape[0] == P and P > 0
     task = block_task(C, target, weight, eps, lam, cap, ii, coef)
@@ -76,12 +76,12 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
 @njit(parallel=True, **JIT)
 def _index_axis1(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     N, C, S = z.shape
-    for ch in prange(N * _partition(C, S)[2]):
+    for ch in prange(N * _partition(N, C, S)[2]):
         _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)
 
 
 @njit(**JIT)
 def _index_axis1_serial(z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     N, C, S = z.shape
-    for ch in range(N * _partition(C, S)[2]):
+    for ch in range(N * _partition(N, C, S)[2]):
         _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _axis1, _half, _kernels, _resources, _sparse_rows, _threads
+from . import _axis1, _half, _kernels, _resources, _small, _sparse_rows, _threads
 from ._options import CEOptions
 from ._results import CrossEntropyResult
 from ._sparse import SparseRows, SparseTarget, is_sparse_target, sparse_rows
@@ -197,8 +197,11 @@ def run_rows(
     k = coef if coef is not None else np.empty(0)
     cap = options.softcap or 0.0
     eps, lam = options.label_smoothing, options.z_loss
-    # Small problems run serially: waking the thread pool costs more than their work.
-    parallel = logits.size >= PARALLEL_MIN_SIZE and _threads.parallel_allowed()
+    # Small problems run serially: waking the thread pool costs more than their work (which per logit
+    # is larger for the few-class and class-axis-1 kernels: they go parallel sooner)
+    few = not probability and half is None and not isinstance(target, SparseRows)
+    few = few and (axis1 or _small.small_classes(logits.dtype, P, logits.shape[1]))
+    parallel = logits.size >= (_small.PARALLEL_MIN_SIZE if few else PARALLEL_MIN_SIZE) and _threads.parallel_allowed()
     with _threads.kernel_region(parallel):
         if half is not None:
             bits, gbits = logits.view(np.uint16), g.view(np.uint16)

@@ -33,9 +33,11 @@ from ._bits import JIT, float_from_sortable, magnitude_bits
 from ._rows import fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 
 __all__ = [
+    "PARALLEL_MIN_SIZE",
     "SMALL_MAX_C",
     "block_positions",
     "block_task",
+    "chunk_logits",
     "column_block",
     "index_rows_small",
     "new_workspace",
@@ -43,13 +45,24 @@ __all__ = [
 ]
 
 SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
-CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work)
+CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work) ...
+CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
+PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is
+# several times the streamed kernel's: 4096 x 10 took 81 us on one thread and 65 us on two)
 GATHER_MAX_C = 16  # row-major blocks of up to this many classes are transposed in by gathers
 
 
 def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
     """Whether a class-index problem of (P, C) logits takes `index_rows_small`."""
     return dtype in (np.float32, np.float64) and P > 0 and 0 < C <= SMALL_MAX_C
+
+
+@njit(inline="always", **JIT)
+def chunk_logits(total):
+    """About how many logits one chunk of a problem of `total` logits holds (from the shape only, so that
+    results do not depend on the thread count): CHUNK_LOGITS, or an eighth of a small problem (at least
+    CHUNK_MIN_LOGITS), so that a small problem still gives both threads work."""
+    return min(CHUNK_LOGITS, max(CHUNK_MIN_LOGITS, total // 8))
 
 
 @njit(**JIT)
@@ -287,7 +300,7 @@ def index_rows_small(
 def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy):
     """Rows [ch * rows_per_chunk, ...) in blocks of R: transpose in, `column_block` in place, transpose out."""
     P, C = z.shape
-    R, rows_per_chunk = _rows_partition(C)
+    R, rows_per_chunk = _rows_partition(P, C)
     want_grad = grad.shape[0] == P
     want_stats = entropy.shape[0] == P
     task = block_task(C, target, weight, eps, lam, cap, ii, coef)
@@ -318,16 +331,16 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
 
 
 @njit(inline="always", **JIT)
-def _rows_partition(C):
-    """(R, rows per chunk): blocks of R rows, chunks of about CHUNK_LOGITS logits (a whole number of blocks)."""
+def _rows_partition(P, C):
+    """(R, rows per chunk): blocks of R rows, chunks of about `chunk_logits` logits (a whole number of blocks)."""
     R = block_positions(C)
-    return R, max(1, CHUNK_LOGITS // (C * R)) * R
+    return R, max(1, chunk_logits(P * C) // (C * R)) * R
 
 
 @njit(inline="always", **JIT)
 def _rows_chunks(P, C):
     """The number of chunks of `_rows_chunk` for (P, C) logits."""
-    rows_per_chunk = _rows_partition(C)[1]
+    rows_per_chunk = _rows_partition(P, C)[1]
     return (P + rows_per_chunk - 1) // rows_per_chunk
 
 

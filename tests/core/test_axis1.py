@@ -108,7 +108,9 @@ def test_same_as_rows_kernel_on_moved_logits(rng):
     assert_array_equal(argmax, am2)
 
 
-@pytest.mark.parametrize("shape", [(16, 2, 64, 64), (3, 21, 50, 41)], ids=["2-class", "21-class"])
+@pytest.mark.parametrize(
+    "shape", [(16, 2, 64, 64), (3, 21, 50, 41), (2, 21, 16, 37)], ids=["2-class", "21-class", "21-class-small"]
+)
 def test_one_and_two_threads_bit_identical(rng, shape):
     logits, target = _problem(rng, shape, np.float32)
     target.reshape(-1)[::7] = 255

@@ -109,8 +109,9 @@ def test_special_values(rng, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("C", [2, 10, 100])
-def test_one_and_two_threads_bit_identical(rng, dtype, C):
-    logits, target = _problem(rng, 50_000 // C * 3 + 7, C, dtype)
+@pytest.mark.parametrize("size", ["large", "small"])  # chunks of 65536 logits, or of an eighth of the problem
+def test_one_and_two_threads_bit_identical(rng, dtype, C, size):
+    logits, target = _problem(rng, (50_000 if size == "large" else 3_000) // C * 3 + 7, C, dtype)
     target[::9] = -100
     opts = dict(label_smoothing=0.1, z_loss=1e-4, weight=rng.uniform(0.5, 2.0, C), grad_output=rng.random(len(target)))
     one, two = serial_one_thread_and_parallel(run_small, logits, target, stats=True, **opts)
