@@ -44,6 +44,8 @@ def transforms_active(*tensors: Tensor | None) -> bool:
     if torch._C._are_functorch_transforms_active():
         return True
     fwd = torch.autograd.forward_ad
+    if getattr(fwd, "_current_level", 0) < 0:  # no dual level entered: no tensor can carry a tangent
+        return False
     return any(t is not None and t.is_floating_point() and fwd.unpack_dual(t).tangent is not None for t in tensors)
 
 

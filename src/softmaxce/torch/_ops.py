@@ -38,6 +38,7 @@ rows functions below take the composite path outright (the ops have no vmap or f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -160,8 +161,10 @@ def _op_options(options: CEOptions) -> tuple[int, float, float, float, str]:
     return options.ignore_index, options.label_smoothing, options.z_loss, options.softcap or 0.0, options.reduction
 
 
+@functools.lru_cache(maxsize=64)
 def _options(ignore_index: int, eps: float, lam: float, cap: float, reduction: str) -> CEOptions:
-    """The options from the ops' scalars (eps, lam, cap: label_smoothing, z_loss, softcap)."""
+    """The options from the ops' scalars (eps, lam, cap: label_smoothing, z_loss, softcap); memoized
+    (CEOptions is immutable): validating them anew took a few microseconds of every call."""
     return CEOptions(
         ignore_index=ignore_index,
         reduction=reduction,
