@@ -14,7 +14,8 @@ every loop is over classes outside and positions inside, and LLVM vectorizes acr
 
 then times 1 - tanh(z / cap)**2 with a softcap. `column_block` is written once and used by two
 drivers: `index_rows_small` (row-major (P, C) logits: each block of R rows is transposed into a
-class-major scratch, computed there in place, and transposed back into the gradient) and
+class-major scratch, computed there in place, and transposed back into the gradient; for C <= 16
+the way back is one run of contiguous stores that reads the scratch through a precomputed index) and
 `_axis1.index_axis1` ((N, C, S) logits, where class-major blocks are the input's own layout).
 
 Work is split into chunks of thousands of positions whose boundaries depend only on the shape, so
@@ -310,6 +311,14 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     zf = z.reshape(P * C)  # flat views, indexed unsigned (no wraparound code)
     gf = grad.reshape(grad.shape[0] * grad.shape[1])
     Cu = _u(C)
+    # the transpose out as one contiguous run of stores, T read through gathers: src[j] = the index in
+    # T of the j-th logit of a full block (row j // C, class j % C)
+    gathered_out = want_grad and C <= GATHER_MAX_C
+    src = np.empty(C * R if gathered_out else 0, np.uint32)
+    if gathered_out:
+        for r in range(R):
+            for c in range(C):
+                src[r * C + c] = c * R + r
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
@@ -325,9 +334,13 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
                     T[c * nu + r] = zf[base + r * Cu + c]
         column_block(C, nr, T, 0, nr, b0, task, want_grad, T, 0, nr, outs, want_stats, ws)
         if want_grad:
-            for r in range(nu):
-                for c in range(Cu):
-                    gf[base + r * Cu + c] = T[c * nu + r]
+            if gathered_out and nr == R:
+                for j in range(nu * Cu):
+                    gf[base + j] = T[_u(src[j])]
+            else:
+                for r in range(nu):
+                    for c in range(Cu):
+                        gf[base + r * Cu + c] = T[c * nu + r]
 
 
 @njit(inline="always", **JIT)
