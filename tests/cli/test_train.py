@@ -178,3 +178,32 @@ def test_an_error_after_the_first_output_leaves_no_output(tmp_path):
                 f.write(name)
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_ctrl_c_waits_for_the_loops_check_and_survives_finalizers():
+    """While training, SIGINT only sets a flag: KeyboardInterrupt comes from the loop's next check, also
+    when the signal is handled inside a finalizer (where Python drops a KeyboardInterrupt), and
+    Python's handler is back afterwards."""
+    import gc
+    import os
+    import signal
+    import time
+
+    from softmaxce.cli._model import _interrupt_between_steps
+
+    class SignalsWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside the finalizer
+
+    reached = False
+    with pytest.raises(KeyboardInterrupt), _interrupt_between_steps() as check:
+        SignalsWhenCollected()
+        gc.collect()
+        time.sleep(0.01)
+        reached = True  # nothing was raised before the check
+        check()
+    assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _interrupt_between_steps() as check:
+        check()  # no signal: nothing raised

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,10 +97,11 @@ def fit_epochs(
     rng = np.random.default_rng(seed)
     history = []
     bar = tqdm(total=epochs * n, desc=desc, disable=quiet, **_BAR)
-    with bar, _small_batch_threads(batch_size * max(widths)):
+    with bar, _small_batch_threads(batch_size * max(widths)), _interrupt_between_steps() as check_interrupt:
         for epoch in range(1, epochs + 1):
             t = time.perf_counter()
-            train_loss = _one_epoch(model, X, y, classes, rows[rng.permutation(n)], bounds, bar)
+            order = rows[rng.permutation(n)]
+            train_loss = _one_epoch(model, X, y, classes, order, bounds, bar, check_interrupt)
             seconds = time.perf_counter() - t
             h = {
                 "epoch": epoch,
@@ -123,7 +126,32 @@ def fit_epochs(
             history.append(h)
             if not quiet:
                 bar.write(line)
+            check_interrupt()
     return history
+
+
+@contextlib.contextmanager
+def _interrupt_between_steps() -> Iterator[Callable[[], None]]:
+    """While training, Ctrl-C (SIGINT) only sets a flag, and the loop raises KeyboardInterrupt at its
+    next check (after each partial_fit chunk and each epoch). Python's own handler raises it wherever
+    the main thread happens to be, and raised inside a finalizer (a __del__ or a weakref callback that
+    runs during training) it is printed and dropped, and training goes on. Outside the main thread
+    (where no handler can be set) and after the loop, Python's handler is in place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[int] = []
+
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()  # a Ctrl-C after the last check still interrupts the command
 
 
 def _one_epoch(
@@ -134,6 +162,7 @@ def _one_epoch(
     order: np.ndarray,
     bounds: list[int],
     bar: tqdm,
+    check_interrupt: Callable[[], None],
 ) -> float:
     """One pass over the rows X[order]; the mean training loss of its mini-batches."""
     loss_sum = 0.0
@@ -149,6 +178,7 @@ def _one_epoch(
             loss_sum += float(curve[-1]) * len(idx)
             loss_rows += len(idx)
         bar.update(len(idx))
+        check_interrupt()
     if loss_rows == len(order):
         return loss_sum / len(order)
     # the model does not report its mini-batch losses: measure on the training data
