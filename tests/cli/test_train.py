@@ -145,7 +145,15 @@ def test_sigint_during_train_exits_130_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     args = [exe, "train", data, "--target", "label", "--epochs", "100000", "--hidden", "32"]
     args += ["--out", str(out / "m.npz"), "--metrics", str(out / "m.json"), "--plots", str(out / "plots")]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child even where the tests run with it ignored (a background job of a
+    # shell without job control ignores SIGINT, and children inherit that)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         first = proc.stdout.readline()  # "read N rows ...": the data is loaded, training starts
         assert first.startswith("read "), first + proc.stderr.read()
@@ -183,7 +191,7 @@ def test_an_error_after_the_first_output_leaves_no_output(tmp_path):
 def test_ctrl_c_waits_for_the_loops_check_and_survives_finalizers():
     """While training, SIGINT only sets a flag: KeyboardInterrupt comes from the loop's next check, also
     when the signal is handled inside a finalizer (where Python drops a KeyboardInterrupt), and
-    Python's handler is back afterwards."""
+    Python's handler is back afterwards. A process that ignores SIGINT keeps ignoring it."""
     import gc
     import os
     import signal
@@ -196,14 +204,24 @@ def test_ctrl_c_waits_for_the_loops_check_and_survives_finalizers():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)  # the handler runs here, inside the finalizer
 
-    reached = False
-    with pytest.raises(KeyboardInterrupt), _interrupt_between_steps() as check:
-        SignalsWhenCollected()
-        gc.collect()
-        time.sleep(0.01)
-        reached = True  # nothing was raised before the check
-        check()
-    assert reached
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with _interrupt_between_steps() as check:
-        check()  # no signal: nothing raised
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process started normally
+    try:
+        reached = False
+        with pytest.raises(KeyboardInterrupt), _interrupt_between_steps() as check:
+            SignalsWhenCollected()
+            gc.collect()
+            time.sleep(0.01)
+            reached = True  # nothing was raised before the check
+            check()
+        assert reached
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with _interrupt_between_steps() as check:
+            check()  # no signal: nothing raised
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job
+        with _interrupt_between_steps() as check:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            check()  # ignored: nothing raised
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -135,9 +135,11 @@ def _interrupt_between_steps() -> Iterator[Callable[[], None]]:
     """While training, Ctrl-C (SIGINT) only sets a flag, and the loop raises KeyboardInterrupt at its
     next check (after each partial_fit chunk and each epoch). Python's own handler raises it wherever
     the main thread happens to be, and raised inside a finalizer (a __del__ or a weakref callback that
-    runs during training) it is printed and dropped, and training goes on. Outside the main thread
-    (where no handler can be set) and after the loop, Python's handler is in place."""
-    if threading.current_thread() is not threading.main_thread():
+    runs during training) it is printed and dropped, and training goes on. Only where Python's own
+    handler is in place: outside the main thread (where no handler can be set), in a process that
+    ignores SIGINT (a background job, nohup) or under another handler, nothing changes."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield lambda: None
         return
     received: list[int] = []
