@@ -15,8 +15,7 @@ no tensor holds any more, and it varied by about 150 MiB between runs. Each vari
 second time, for memory only, with MALLOC_MMAP_THRESHOLD_=131072: every block of 128 KiB or more is
 then its own mapping, returned when freed, and the peak is that of the live memory ("live" columns;
 the step is measured in the first run, under the default allocator). Prints a table with ratios
-against hf and writes
-benchmarks/results/hf.csv (or --out). Goal: softmaxce's peak is lower than hf's by at least the
+against hf and writes benchmarks/results/hf.csv (or --out). Goal: softmaxce's peak is lower than hf's by at least the
 float32 logits plus their gradient (2 x S x V x 4 bytes), and its step is no slower.
 
     python benchmarks/bench_hf.py                  # the full size (minutes on 2 cores)

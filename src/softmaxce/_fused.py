@@ -6,6 +6,7 @@ turns them into their gradient G = coef * (alpha a - beta) in place, and three m
 
     grad_x[chunk] = G @ W          (n, D)
     grad_W       += G.T @ x[chunk] (V, D)   BLAS gemm with beta=1: accumulated in place, fixed order
+                                            (the first chunk writes it: beta=0, no zero-filled start)
     grad_b       += sum_rows G     (V,)
 
 Extra memory is the chunk buffer, `CHUNK_BYTES` unless `chunk_size` sets its rows, independent of N.

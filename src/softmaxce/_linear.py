@@ -8,6 +8,7 @@ and three matrix products (all on scipy's BLAS) finish the chunk:
 
     grad_x[chunk] = G @ W          (n, D)
     grad_W       += G.T @ x[chunk] (V, D)   BLAS gemm with beta=1: accumulated in place, fixed order
+                                            (the first chunk writes it: beta=0, no zero-filled start)
     grad_b       += sum_rows G     (V,)
 
 Extra memory is the chunk buffer (rows x V), chosen from `chunk_size` or about 48 MiB, independent

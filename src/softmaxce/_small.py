@@ -311,14 +311,14 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     zf = z.reshape(P * C)  # flat views, indexed unsigned (no wraparound code)
     gf = grad.reshape(grad.shape[0] * grad.shape[1])
     Cu = _u(C)
-    # the transpose out as one contiguous run of stores, T read through gathers: src[j] = the index in
-    # T of the j-th logit of a full block (row j // C, class j % C)
+    # the transpose out as one contiguous run of stores, T read through gathers: out_at[j] = the index
+    # in T of the j-th logit of a full block (row j // C, class j % C)
     gathered_out = want_grad and C <= GATHER_MAX_C
-    src = np.empty(C * R if gathered_out else 0, np.uint32)
+    out_at = np.empty(C * R if gathered_out else 0, np.uint32)
     if gathered_out:
         for r in range(R):
             for c in range(C):
-                src[r * C + c] = c * R + r
+                out_at[r * C + c] = c * R + r
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
@@ -336,7 +336,7 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
         if want_grad:
             if gathered_out and nr == R:
                 for j in range(nu * Cu):
-                    gf[base + j] = T[_u(src[j])]
+                    gf[base + j] = T[_u(out_at[j])]
             else:
                 for r in range(nu):
                     for c in range(Cu):
