@@ -104,19 +104,16 @@ def prepare_targets(
             bad = rows[rows > np.iinfo(np.int64).max][0]
             raise TargetOutOfBoundsError(out_of_bounds_message(int(bad)))
         rows = rows.astype(np.int64)
-    kept = rows != options.ignore_index
-    bad = kept & ((rows < 0) | (rows >= C))
-    if bad.any():
-        raise TargetOutOfBoundsError(out_of_bounds_message(int(rows[np.argmax(bad)])))
-    if w.size:
-        kept_w = w[rows[kept]]
-        normalizer = float(kept_w.sum())
-        if kept_w.size and not kept_w.any():
-            # every kept position weighs 0: PyTorch's mean is 0 / 0 = NaN, label smoothing or not
-            normalizer = float("nan")
-    else:
-        normalizer = float(np.count_nonzero(kept))
-    return kernel_array(rows, np.int64), w, normalizer
+    rows = kernel_array(rows, np.int64)
+    parallel = P >= PARALLEL_MIN_SIZE and _threads.parallel_allowed()
+    with _threads.kernel_region(parallel):
+        first_bad, kept, nonzero, normalizer = _kernels.check_targets(parallel, rows, C, options.ignore_index, w)
+    if first_bad >= 0:
+        raise TargetOutOfBoundsError(out_of_bounds_message(int(rows[first_bad])))
+    if w.size and kept and not nonzero:
+        # every kept position weighs 0: PyTorch's mean is 0 / 0 = NaN, label smoothing or not
+        normalizer = float("nan")
+    return rows, w, normalizer
 
 
 def kernel_array(a, dtype) -> np.ndarray:

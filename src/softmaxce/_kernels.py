@@ -14,6 +14,7 @@ and entropy (P,), only if they have P entries. Class indices must be in [0, C) o
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT
@@ -21,7 +22,7 @@ from ._rows import index_row, probability_row, weight_sum, weights_nonnegative
 from ._small import index_rows_small, small_classes
 from ._streamed import index_rows_streamed, index_rows_streamed_serial, streams
 
-__all__ = ["index_rows", "probability_rows"]
+__all__ = ["check_targets", "index_rows", "probability_rows"]
 
 
 def index_rows(
@@ -73,3 +74,76 @@ def _probability_rows(z, target, weight, eps, lam, cap, coef, grad, loss, lse, a
 def _probability_rows_serial(z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy):
     for n in range(z.shape[0]):
         probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, argmax, entropy)
+
+
+TARGET_CHUNK = 1 << 16  # class indices per chunk of `check_targets` (chunk sums are added in order)
+
+
+def check_targets(parallel: bool, target, C: int, ignore_index: int, weight) -> tuple[int, int, int, float]:
+    """One pass over (P,) int64 class indices: (the first position whose index is neither in [0, C) nor
+    ignore_index, or -1; the number of kept positions; how many of them have a nonzero weight; the sum
+    of their weights (weight (C,) float64, or empty: all ones)). On the thread pool if `parallel`; the
+    sum is added chunk by chunk in order, so it does not depend on the thread count."""
+    run = _check_targets if parallel else _check_targets_serial
+    first, kept, nonzero, wsum = run(target, C, ignore_index, weight)
+    return int(first), int(kept), int(nonzero), float(wsum)
+
+
+@njit(**JIT)
+def _target_chunk(ch, target, C, ii, weight, first, kept, nonzero, wsum):
+    weighted = weight.shape[0] == C
+    n = k = 0
+    s = 0.0
+    bad = -1
+    for p in range(ch * TARGET_CHUNK, min(target.shape[0], (ch + 1) * TARGET_CHUNK)):
+        y = target[p]
+        if y == ii:
+            continue
+        if y < 0 or y >= C:
+            if bad < 0:
+                bad = p
+            continue
+        k += 1
+        if weighted:
+            w = weight[y]
+            s += w
+            n += w != 0.0
+    first[ch], kept[ch], nonzero[ch], wsum[ch] = bad, k, n if weighted else k, s if weighted else float(k)
+
+
+@njit(**JIT)
+def _target_chunks(P):
+    """Per-chunk outputs of `_target_chunk`: (first bad, kept, nonzero, weight sum)."""
+    nch = (P + TARGET_CHUNK - 1) // TARGET_CHUNK
+    return np.empty(nch, np.int64), np.empty(nch, np.int64), np.empty(nch, np.int64), np.empty(nch)
+
+
+@njit(**JIT)
+def _combine_targets(first, kept, nonzero, wsum):
+    bad = -1
+    for f in first:
+        if f >= 0:
+            bad = f
+            break
+    s = 0.0
+    for v in wsum:
+        s += v
+    return bad, kept.sum(), nonzero.sum(), s
+
+
+@njit(parallel=True, **JIT)
+def _check_targets(target, C, ii, weight):
+    first, kept, nonzero, wsum = _target_chunks(target.shape[0])
+    nch = first.shape[0]
+    for ch in prange(nch):
+        _target_chunk(ch, target, C, ii, weight, first, kept, nonzero, wsum)
+    return _combine_targets(first, kept, nonzero, wsum)
+
+
+@njit(**JIT)
+def _check_targets_serial(target, C, ii, weight):
+    first, kept, nonzero, wsum = _target_chunks(target.shape[0])
+    nch = first.shape[0]
+    for ch in range(nch):
+        _target_chunk(ch, target, C, ii, weight, first, kept, nonzero, wsum)
+    return _combine_targets(first, kept, nonzero, wsum)

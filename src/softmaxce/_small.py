@@ -14,8 +14,9 @@ every loop is over classes outside and positions inside, and LLVM vectorizes acr
 
 then times 1 - tanh(z / cap)**2 with a softcap. `column_block` is written once and used by two
 drivers: `index_rows_small` (row-major (P, C) logits: each block of R rows is transposed into a
-class-major scratch, computed there in place, and transposed back into the gradient; for C <= 16
-the way back is one run of contiguous stores that reads the scratch through a precomputed index) and
+class-major scratch, computed there in place, and transposed back into the gradient; for 2 <= C <= 16
+both transposes move whole vectors of rows by shuffles (`_transpose`), and the next block's logits,
+targets and coefficients are prefetched while a block computes) and
 `_axis1.index_axis1` ((N, C, S) logits, where class-major blocks are the input's own layout).
 
 Work is split into chunks of thousands of positions whose boundaries depend only on the shape, so
@@ -30,8 +31,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._bits import JIT, float_from_sortable, magnitude_bits
+from ._bits import JIT, float_from_sortable, magnitude_bits, prefetch
 from ._rows import fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
+from ._transpose import MAX_C as MAX_SHUFFLED_C
+from ._transpose import columns_to_rows, rows_to_columns
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -50,7 +53,8 @@ CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of w
 CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
 PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is
 # several times the streamed kernel's: 4096 x 10 took 81 us on one thread and 65 us on two)
-GATHER_MAX_C = 16  # row-major blocks of up to this many classes are transposed in by gathers
+BLOCK_LOGITS = 4096
+BLOCK_MAX_R = 2048
 
 
 def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
@@ -69,7 +73,7 @@ def chunk_logits(total):
 @njit(**JIT)
 def block_positions(C):
     """R, the positions of one column block: about 4096 logits, a multiple of 16 in [16, 256]."""
-    return max(16, min(256, (4096 // C) // 16 * 16))
+    return max(16, min(BLOCK_MAX_R, (BLOCK_LOGITS // C) // 16 * 16))
 
 
 @njit(**JIT)
@@ -311,36 +315,44 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     zf = z.reshape(P * C)  # flat views, indexed unsigned (no wraparound code)
     gf = grad.reshape(grad.shape[0] * grad.shape[1])
     Cu = _u(C)
-    # the transpose out as one contiguous run of stores, T read through gathers: out_at[j] = the index
-    # in T of the j-th logit of a full block (row j // C, class j % C)
-    gathered_out = want_grad and C <= GATHER_MAX_C
-    out_at = np.empty(C * R if gathered_out else 0, np.uint32)
-    if gathered_out:
-        for r in range(R):
-            for c in range(C):
-                out_at[r * C + c] = c * R + r
+    shuffled = 2 <= C <= MAX_SHUFFLED_C  # whole vectors of rows are transposed by `_transpose`'s shuffles
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
-        # T[c, r] = z[b0 + r, c] (class-major, stride nr): for a few classes the rows' c-th values are
-        # gathered (LLVM vectorizes the gather), for more the rows are read in order
-        if C <= GATHER_MAX_C:
+        if shuffled and b0 + R < P:  # the next block's logits, targets and coefficients load while this one computes
+            nn = min(R, P - b0 - R)
+            prefetch_run(zf, (b0 + R) * C, nn * C)
+            prefetch_run(target, b0 + R, nn)
+            prefetch_run(coef, b0 + R, nn if coef.shape[0] == P else 0)
+        # T[c, r] = z[b0 + r, c] (class-major, stride nr): the first `done` rows by shuffles, the rest
+        # (and every row when C is 1 or above MAX_SHUFFLED_C) by loops
+        if C <= MAX_SHUFFLED_C:
+            done = _u(rows_to_columns(zf, base, T, 0, nu, C)) if shuffled else _u(0)
             for c in range(Cu):
-                for r in range(nu):
+                for r in range(done, nu):
                     T[c * nu + r] = zf[base + r * Cu + c]
         else:
             for r in range(nu):
                 for c in range(Cu):
                     T[c * nu + r] = zf[base + r * Cu + c]
         column_block(C, nr, T, 0, nr, b0, task, want_grad, T, 0, nr, outs, want_stats, ws)
-        if want_grad:
-            if gathered_out and nr == R:
-                for j in range(nu * Cu):
-                    gf[base + j] = T[_u(out_at[j])]
-            else:
-                for r in range(nu):
-                    for c in range(Cu):
-                        gf[base + r * Cu + c] = T[c * nu + r]
+        if want_grad and shuffled:
+            done = _u(columns_to_rows(T, 0, gf, base, nu, C))
+            for r in range(done, nu):
+                for c in range(Cu):
+                    gf[base + r * Cu + c] = T[c * nu + r]
+        elif want_grad:
+            for r in range(nu):
+                for c in range(Cu):
+                    gf[base + r * Cu + c] = T[c * nu + r]
+
+
+@njit(inline="always", **JIT)
+def prefetch_run(a, start, count):
+    """Prefetches the cache lines of a.flat[start : start + count] (a C-contiguous, within bounds)."""
+    step = max(1, 64 // a.itemsize)
+    for i in range(start, start + count, step):
+        prefetch(a, i)
 
 
 @njit(inline="always", **JIT)

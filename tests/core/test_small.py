@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 from numpy.testing import assert_allclose, assert_array_equal
 
 from kernel_calls import kernel_arrays, serial_one_thread_and_parallel
 from option_cases import KERNEL_OPTIONS
 from reference import reference_cross_entropy, reference_stats
-from softmaxce import _small, _threads
+from softmaxce import _small, _threads, _transpose
 
 CLASSES = [1, 2, 3, 7, 10, 17, 100, 128]
 OPTIONS = KERNEL_OPTIONS
@@ -62,6 +63,43 @@ def test_matches_reference(rng, dtype, C, name):
     ref_lse = reference_stats(logits, softcap=opts.get("softcap"))[0]
     assert_allclose(lse[kept], ref_lse[kept], rtol=tol["loss"], atol=tol["loss"])
     assert np.isnan(lse[~kept]).all()  # as the row kernels: no lse for ignored positions without statistics
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", range(1, _transpose.MAX_C + 2))
+def test_every_transposed_class_count(rng, dtype, C):
+    """Every class count the shuffle transposes handle (2 .. MAX_C) and its neighbours, with a last block
+    and a last vector of rows that are partial (P = 2 blocks + 37 rows)."""
+    P = 2 * _small.block_positions(C) + 37
+    logits, target = _problem(rng, P, C, dtype)
+    go = rng.uniform(-1.0, 2.0, P)
+    loss, grad, *_ = run_small(logits, target, grad_output=go, label_smoothing=0.1)
+    ref_loss, ref_grad = reference_cross_entropy(logits, target, reduction="none", grad_output=go, label_smoothing=0.1)
+    assert_allclose(loss, ref_loss, rtol=TOL[dtype]["loss"], atol=TOL[dtype]["loss"])
+    assert_allclose(grad, ref_grad, rtol=0, atol=TOL[dtype]["grad"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", [2, 5, 10, 16])
+def test_transposes_round_trip(rng, dtype, C):
+    """rows_to_columns and columns_to_rows move exactly the whole vectors of rows, bit for bit, at offsets."""
+    n, so = 53, 7 * C  # 53 rows: 3 vectors of 16 (float32) or 6 of 8 (float64), and a remainder
+    src = rng.standard_normal(so + n * C + 5).astype(dtype)
+    cols = np.full(3 + C * n, np.nan, dtype)
+    back = np.full_like(src, np.nan)
+    moved, moved_back = _transpose_pair(src, so, cols, back, n, C)
+    W = 64 // np.dtype(dtype).itemsize
+    assert moved == moved_back == n // W * W
+    rows = src[so : so + n * C].reshape(n, C)
+    assert_array_equal(cols[3:].reshape(C, n)[:, :moved], rows[:moved].T)
+    assert np.isnan(cols[3:].reshape(C, n)[:, moved:]).all() and np.isnan(cols[:3]).all()
+    assert_array_equal(back[so : so + moved * C], src[so : so + moved * C])
+    assert np.isnan(back[:so]).all() and np.isnan(back[so + moved * C :]).all()
+
+
+@njit
+def _transpose_pair(src, so, cols, back, n, C):
+    return _transpose.rows_to_columns(src, so, cols, 3, n, C), _transpose.columns_to_rows(cols, 3, back, so, n, C)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
