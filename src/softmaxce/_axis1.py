@@ -16,7 +16,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._bits import JIT
-from ._small import block_positions, block_task, chunk_logits, column_block, new_workspace
+from ._small import block_positions, block_task, chunk_logits, column_block, new_workspace, prefetch_run
 
 __all__ = ["AXIS1_MAX_C", "axis1_applies", "index_axis1"]
 
@@ -70,6 +70,12 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
             break
         nr = min(R, S - s0)
         base = n * C * S + s0
+        if s0 + R < S:  # the next block's logits, targets and coefficients load while this one computes
+            nn = min(R, S - s0 - R)
+            for c in range(C):
+                prefetch_run(zf, base + c * S + R, nn)
+            prefetch_run(target, n * S + s0 + R, nn)
+            prefetch_run(coef, n * S + s0 + R, nn if coef.shape[0] == P else 0)
         column_block(C, nr, zf, base, S, n * S + s0, task, want_grad, gf, base, S, outs, want_stats, ws)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "column_block",
     "index_rows_small",
     "new_workspace",
+    "prefetch_run",
     "small_classes",
 ]
 
@@ -319,9 +320,8 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
-        if shuffled and b0 + R < P:  # the next block's logits, targets and coefficients load while this one computes
+        if shuffled and b0 + R < P:  # the next block's targets and coefficients load while this one computes
             nn = min(R, P - b0 - R)
-            prefetch_run(zf, (b0 + R) * C, nn * C)
             prefetch_run(target, b0 + R, nn)
             prefetch_run(coef, b0 + R, nn if coef.shape[0] == P else 0)
         # T[c, r] = z[b0 + r, c] (class-major, stride nr): the first `done` rows by shuffles, the rest

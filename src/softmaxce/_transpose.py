@@ -19,10 +19,13 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ._bits import emit_prefetch
+
 __all__ = ["MAX_C", "rows_to_columns", "columns_to_rows"]
 
 MAX_C = 16
 _VECTOR_BYTES = 64
+PREFETCH_AHEAD = 8192  # bytes between a group's loads and its prefetches (rows_to_columns)
 
 
 def _lanes(dtype) -> int:
@@ -106,6 +109,9 @@ def _transpose(to_columns: bool, src, so, dst, do, n, C):
             if to_columns:  # src rows (W x C, contiguous) -> dst[c * n + r0 ...]
                 base = builder.add(so_v, rows_at)
                 ins = [load(sdata, builder.add(base, ir.Constant(i64, k * W))) for k in range(C)]
+                for k in range(C):  # the same lines PREFETCH_AHEAD bytes on (a hint: never faults)
+                    ahead = builder.add(base, ir.Constant(i64, k * W + PREFETCH_AHEAD * W // _VECTOR_BYTES))
+                    emit_prefetch(builder, builder.gep(sdata, [ahead]))
                 for c in range(C):
                     picks = [divmod(lane * C + c, W) for lane in range(W)]
                     at = builder.add(builder.add(do_v, builder.mul(ir.Constant(i64, c), n_v)), r0)
