@@ -137,7 +137,8 @@ def logits_rows(logits: np.ndarray, layout: Layout, dtype: np.dtype) -> np.ndarr
 
 def row_coefficients(problem_reduction: str, normalizer: float, grad_output, positions_shape, P: int) -> np.ndarray:
     """coef_n = dL_total/dl_n: grad_output / normalizer for "mean", grad_output for "sum", and the
-    per-position upstream gradient for "none". (P,) float64."""
+    per-position upstream gradient for "none". float64, (P,), or (1,) when it is one number for every
+    position (the kernels read it through `_rows.coef_at`)."""
     if grad_output is None:
         go = np.ones(P) if problem_reduction == "none" else 1.0
     else:
@@ -159,10 +160,8 @@ def row_coefficients(problem_reduction: str, normalizer: float, grad_output, pos
     if problem_reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             go = np.float64(go) / np.float64(normalizer) if normalizer != 0 else np.float64(go) * np.inf
-    if np.ndim(go) == 0:  # a work array the kernels only read (the callers never keep it)
-        coef = _resources.scratch("coef", P)
-        coef.fill(go)
-        return coef
+    if np.ndim(go) == 0:  # one coefficient for every position (`_rows.coef_at`)
+        return np.full(1, go, np.float64)
     return kernel_array(go, np.float64)
 
 

@@ -166,7 +166,7 @@ def forward_linear(
             layout.probability,
             w,
             options,
-            coef[at] if want_grad else None,
+            (coef[at] if coef.shape[0] != 1 else coef) if want_grad else None,
             z if want_grad else None,
             want_stats,
             keep=False,  # loss and lse are copied out just below

@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 from ._bits import JIT
 from ._rows import (
     BLOCK,
+    coef_at,
     fast_exp,
     index_alpha,
     index_loss,
@@ -198,7 +199,7 @@ def _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, lo
         _load_row(fmt, zb[n], e)
         i = slice(n, n + 1)  # row n of the per-row arrays, as the (1, C) problem's row 0
         r = i if want_stats else slice(0, 0)
-        k = coef[i] if want_grad else one
+        k = (coef[i] if coef.shape[0] != 1 else coef) if want_grad else one
         index_row(0, s, target[i], weight, wsum, wpos, eps, lam, cap, ii, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, e, gb[n])
@@ -257,7 +258,7 @@ def _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, l
     w_y = weight[y] if weighted else 1.0
     loss[n] = index_loss(l_se, zy, w_y, wz, wsum, wpos, eps, smooth, lam)
     if want_grad:
-        k = coef[n]
+        k = coef_at(coef, n)
         # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j / s,  beta_j = (eps / C) w_j + [j == y] (1 - eps) w_y
         alpha = index_alpha(l_se, w_y, wsum, eps, smooth, lam)
         scale = np.float32(k * alpha / s)
@@ -308,7 +309,7 @@ def _probability_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, coef, gb, 
         _load_row(fmt, zb[n], s[0])
         i = slice(n, n + 1)
         r = i if want_stats else slice(0, 0)
-        k = coef[i] if want_grad else one
+        k = (coef[i] if coef.shape[0] != 1 else coef) if want_grad else one
         probability_row(0, s, target[i], weight, eps, lam, cap, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, s[0], gb[n])

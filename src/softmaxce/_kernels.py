@@ -6,10 +6,10 @@ for small problems, where waking the thread pool costs more than the work. `inde
 `_rows.probability_row` (any option) and `_streamed` (float32 class indices, the training case).
 All arrays are as the engine prepares them: z (P, C) C-contiguous logits; target (P,) int64 class
 indices, or (P, C) probabilities; weight (C,) float64 or empty (= all ones); coef (P,) float64, the
-upstream gradient divided by the normalizer; grad (P, C), written only if it has P rows (it may be z
-itself: each entry is read before it is written); loss and lse (P,) float64, always written; argmax
-and entropy (P,), only if they have P entries. Class indices must be in [0, C) or equal ignore_index
-(the engine checks).
+upstream gradient divided by the normalizer, or (1,): one for every position (`_rows.coef_at`);
+grad (P, C), written only if it has P rows (it may be z itself: each entry is read before it is
+written); loss and lse (P,) float64, always written; argmax and entropy (P,), only if they have P
+entries. Class indices must be in [0, C) or equal ignore_index (the engine checks).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from ._bits import (
 __all__ = [
     "BLOCK",
     "block_exp",
+    "coef_at",
     "EXP_LO",
     "LN2",
     "ROUND_MAGIC",
@@ -106,7 +107,7 @@ def index_row(n, z, target, weight, wsum, wpos, eps, lam, cap, ignore_index, coe
     loss[n] = index_loss(l_se, zy, w_y, wz, wsum, wpos, eps, smooth, lam)
     if want_grad:
         e = grad[n]
-        k = coef[n]
+        k = coef_at(coef, n)
         if s != s:
             e[:] = np.nan
             return
@@ -141,7 +142,7 @@ def probability_row(n, z, target, weight, eps, lam, cap, coef, grad, loss, lse, 
         if s != s:
             e[:] = np.nan
             return
-        k = coef[n]
+        k = coef_at(coef, n)
         scale = k * (bsum + 2.0 * lam * l_se) / s
         for j in range(C):
             b = (1.0 - eps) * t[j] + smooth
@@ -166,6 +167,13 @@ _C2 = _F32(0.4999915063381195)
 _C3 = _F32(0.1666763573884964)
 _C4 = _F32(0.04189793020486832)
 _C5 = _F32(0.008290315046906471)
+
+
+@njit(inline="always", **JIT)
+def coef_at(coef, n):
+    """Position n's upstream coefficient: `coef` holds one per position, or a single one for every
+    position (length 1: a "mean" or "sum" loss under a scalar upstream gradient, no (P,) array to read)."""
+    return coef[n] if coef.shape[0] != 1 else coef[0]
 
 
 @njit(inline="always", **JIT)

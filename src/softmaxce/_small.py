@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT, float_from_sortable, magnitude_bits, prefetch
-from ._rows import fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
+from ._rows import coef_at, fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 from ._transpose import MAX_C as MAX_SHUFFLED_C
 from ._transpose import columns_to_rows, rows_to_columns
 
@@ -213,7 +213,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     # g_cr = sc_r e_cr - bk_r w_c - [c == y_r] fx_r, all 0 for an ignored position
     for r in range(Ru):
         keep = yb[r] >= 0
-        k = coef[p0 + r] if keep else 0.0
+        k = coef_at(coef, p0 + r) if keep else 0.0
         w_y = wy[r]
         alpha = index_alpha(ls[r], w_y, wsum, eps, smooth, lam)
         sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s

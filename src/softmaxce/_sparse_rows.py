@@ -28,7 +28,16 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT
-from ._rows import ignored_row, row_flags, row_softmax, softcap_backward, softmax_grad, weight_sum, weighted_logit_sum
+from ._rows import (
+    coef_at,
+    ignored_row,
+    row_flags,
+    row_softmax,
+    softcap_backward,
+    softmax_grad,
+    weight_sum,
+    weighted_logit_sum,
+)
 
 __all__ = ["sparse_row", "sparse_rows"]
 
@@ -69,7 +78,7 @@ def sparse_row(n, z, indptr, indices, values, weight, wsum, eps, lam, cap, coef,
         if s != s:
             e[:] = np.nan
             return
-        kn = coef[n]
+        kn = coef_at(coef, n)
         # dense part: dz_j = coef * ((bsum + 2 lam lse) a_j - (eps / C) w_j),  a_j = e_j / s
         softmax_grad(e, z.dtype.type(kn * (bsum + 2.0 * lam * l_se) / s), kn, smooth, weight, weighted)
         # sparse part: dz_{i_k} -= coef (1 - eps) w_{i_k} v_k   (duplicates subtract twice)

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT, address, float_from_sortable, prefetch, sortable_bits
-from ._rows import BLOCK, block_exp, row_max, weight_sum
+from ._rows import BLOCK, block_exp, coef_at, row_max, weight_sum
 from ._x86 import AVX2_FMA, LANES, exp16_store, exp16_sum, max16, store_fence, stream_scaled
 
 __all__ = ["index_rows_streamed", "index_rows_streamed_serial", "streams"]
@@ -214,7 +214,7 @@ def _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignor
             ll += smooth * max(wsum * l_se - wz, 0.0)
         loss[n] = ll
         if want_grad:
-            k = coef[n]
+            k = coef_at(coef, n)
             # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j exp(m_b - m) / s
             alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
             prev, pn, pm = True, n, m

@@ -144,6 +144,36 @@ def test_extensions_change_the_loss(rng):
     assert cross_entropy(logits, target, softcap=2.0) != plain
 
 
+# one problem per kernel family: few classes, class axis 1, the streamed path, the general row kernel
+# (float64 and with weights), probability targets, float16 rows
+ONE_COEF_CASES = {
+    "few": ((300, 10), "index", np.float32),
+    "axis1": ((3, 4, 40), "index", np.float32),
+    "streamed": ((40, 1000), "index", np.float32),
+    "rows-f64": ((40, 1000), "index", np.float64),
+    "prob": ((40, 300), "prob", np.float32),
+    "half": ((40, 300), "index", np.float16),
+}
+
+
+@pytest.mark.parametrize("case", ONE_COEF_CASES.values(), ids=ONE_COEF_CASES.keys())
+def test_one_upstream_coefficient_for_every_position(rng, case):
+    """ "sum" and "mean" hand the kernels one coefficient for all positions (`_rows.coef_at`): the same
+    gradient as "none" with that coefficient for each position."""
+    shape, kind, dtype = case
+    logits = (3 * rng.standard_normal(shape)).astype(dtype)
+    C = shape[1]
+    positions = (shape[0],) + shape[2:]
+    target = rng.integers(0, C, positions) if kind == "index" else rng.dirichlet(np.ones(C), positions).astype(dtype)
+    if kind == "prob" and len(shape) > 2:
+        target = np.moveaxis(target, -1, 1)
+    weight = rng.uniform(0.5, 2.0, C)
+    _, g_sum = cross_entropy_and_grad(logits, target, weight=weight, reduction="sum", grad_output=2.5)
+    each = np.full(positions, 2.5)
+    _, g_none = cross_entropy_and_grad(logits, target, weight=weight, reduction="none", grad_output=each)
+    assert_array_equal(g_sum, g_none)
+
+
 @pytest.mark.parametrize("kind", ["index", "prob"])
 def test_float32_accuracy_large_vocabulary(rng, kind):
     """C = 262144 and logits of scale 100, float32 vs the float64 reference (issue 2, point 4)."""
