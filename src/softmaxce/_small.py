@@ -54,8 +54,8 @@ CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of w
 CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
 PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is
 # several times the streamed kernel's: 4096 x 10 took 81 us on one thread and 65 us on two)
-BLOCK_LOGITS = 4096
-BLOCK_MAX_R = 2048
+BLOCK_LOGITS = 16384  # about this many logits per column block (its scratch stays in L2), ...
+BLOCK_MAX_R = 2048  # ... and at most this many positions: fewer, longer blocks pay less per-block overhead
 
 
 def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
@@ -73,7 +73,7 @@ def chunk_logits(total):
 
 @njit(**JIT)
 def block_positions(C):
-    """R, the positions of one column block: about 4096 logits, a multiple of 16 in [16, 256]."""
+    """R, the positions of one column block: about BLOCK_LOGITS logits, a multiple of 16 in [16, BLOCK_MAX_R]."""
     return max(16, min(BLOCK_MAX_R, (BLOCK_LOGITS // C) // 16 * 16))
 
 
