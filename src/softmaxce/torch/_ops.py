@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.library import CustomOpDef
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _engine, _half, _resources, _threads
 from .._options import CEOptions
@@ -73,8 +74,6 @@ def _use_triton(backend: str, t: Tensor) -> bool:
 def _traced(*tensors: Tensor | None) -> bool:
     """Whether these tensors are being traced (torch.compile, AOT autograd, make_fx: fake, functional
     or proxied tensors), where a backward must stay functional."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return True
     return any(t is not None and (type(t) is not Tensor or torch._is_functional_tensor(t)) for t in tensors)
