@@ -134,6 +134,9 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     every inner loop over positions r with plain vector loads and stores (no gathers, no views, whose
     reference counts would be atomic operations on arrays shared between threads).
     """
+    if two_class_pass(C, task, want_stats):
+        _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws)
+        return
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
@@ -243,6 +246,67 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
 
 
 @njit(inline="always", **JIT)
+def two_class_pass(C, task, want_stats):
+    """Whether `_block_math` takes `_two_classes`: two classes, no soft cap, no statistics."""
+    return C == 2 and task[6] == 0.0 and not want_stats
+
+
+@njit(**JIT)
+def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
+    """`_block_math` for C = 2 without soft cap or statistics: the same operations in the same order,
+    in one pass over the positions instead of seven (at two classes the per-position passes, each
+    re-reading its work arrays, were most of the time)."""
+    target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
+    loss, lse, argmax, entropy = outs
+    m, bad = ws[3][0], ws[7]
+    Ru, so, ss, p0, go, gs = _u(R), _u(so), _u(ss), _u(p0), _u(go), _u(gs)
+    dt = src.dtype.type
+    weighted = weight.shape[0] == 2
+    w0 = weight[0] if weighted else 1.0
+    w1 = weight[1] if weighted else 1.0
+    smooth = eps / 2
+    nbad = 0
+    for r in range(Ru):
+        y = target[p0 + r]
+        keep = y != ignore_index
+        z0, z1 = src[so + r], src[so + ss + r]
+        m0 = z0 if z0 > dt(-np.inf) else dt(-np.inf)  # the max as `_block_math` takes it (a NaN skipped)
+        mr = z1 if z1 > m0 else m0
+        m[r] = mr
+        e0, e1 = fast_exp(z0 - mr), fast_exp(z1 - mr)
+        sr = dt(0.0) + e0 + e1
+        isbad = not sr == sr
+        bad[r] = isbad
+        nbad += isbad
+        one = y == 1
+        zy = np.float64(z1 if one else z0) if keep else 0.0
+        wy = (w1 if one else w0) if keep and weighted else 1.0
+        wz = (0.0 + w0 * z0) + w1 * z1 if smooth > 0.0 else 0.0
+        l_se = np.float64(mr) + ln_at_least_1(np.float64(sr))
+        lse[p0 + r] = l_se if keep else np.nan
+        ll = index_loss(l_se, zy, wy, wz, wsum, wpos, eps, smooth, lam)
+        loss[p0 + r] = ll if keep else 0.0
+        if want_grad:
+            k = coef_at(coef, p0 + r) if keep else 0.0
+            alpha = index_alpha(l_se, wy, wsum, eps, smooth, lam)
+            sc = dt(k * alpha / sr)
+            bk = dt(k * smooth)
+            fx = dt(k * (1.0 - eps) * wy)
+            hit0 = fx if keep and not one else dt(0.0)
+            hit1 = fx if keep and one else dt(0.0)
+            grad[go + r] = e0 * sc - bk * dt(w0) - hit0
+            grad[go + gs + r] = e1 * sc - bk * dt(w1) - hit1
+    if nbad > 0:
+        _nan_rows(2, R, src, so, ss, p0, target, ignore_index, m, lse, loss, False, argmax, entropy, ws[6], bad)
+        if want_grad:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
+            for r in range(Ru):
+                if bad[r]:
+                    fill = 0.0 if target[p0 + r] == ignore_index else np.nan
+                    grad[go + r] = fill
+                    grad[go + gs + r] = fill
+
+
+@njit(inline="always", **JIT)
 def _u(i):
     """An index as uint64 (no wraparound code; every index here is >= 0)."""
     return np.uint64(i)
@@ -317,6 +381,7 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     gf = grad.reshape(grad.shape[0] * grad.shape[1])
     Cu = _u(C)
     shuffled = 2 <= C <= MAX_SHUFFLED_C  # whole vectors of rows are transposed by `_transpose`'s shuffles
+    two = two_class_pass(C, task, want_stats)
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
@@ -335,12 +400,15 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
             for r in range(nu):
                 for c in range(Cu):
                     T[c * nu + r] = zf[base + r * Cu + c]
-        column_block(C, nr, T, 0, nr, b0, task, want_grad, T, 0, nr, outs, want_stats, ws)
+        # the gradient in place of T, or for the fused two-class pass (which reads and writes each
+        # position in one loop: in place, its alias check would fail and it would run scalar) into ws[1]
+        G = ws[1] if two else T
+        column_block(C, nr, T, 0, nr, b0, task, want_grad, G, 0, nr, outs, want_stats, ws)
         if want_grad and shuffled:
-            done = _u(columns_to_rows(T, 0, gf, base, nu, C))
+            done = _u(columns_to_rows(G, 0, gf, base, nu, C))
             for r in range(done, nu):
                 for c in range(Cu):
-                    gf[base + r * Cu + c] = T[c * nu + r]
+                    gf[base + r * Cu + c] = G[c * nu + r]
         elif want_grad:
             for r in range(nu):
                 for c in range(Cu):

@@ -103,6 +103,41 @@ def _transpose_pair(src, so, cols, back, n, C):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_two_classes_pass_matches_the_general_pass(rng, dtype, name):
+    """Two classes without statistics or soft cap take one fused pass (`_two_classes`); asking for
+    statistics takes the general pass, whose loss, lse and gradient it must reproduce to the last bit
+    (special values too)."""
+    opts = dict(OPTIONS[name])
+    if opts.get("softcap"):
+        pytest.skip("a soft cap takes the general pass either way")
+    P = 2 * _small.block_positions(2) + 45
+    logits, target = _problem(rng, P, 2, dtype)
+    logits[3] = [np.nan, 1.0]
+    logits[4] = [np.inf, 0.0]
+    logits[5] = [-np.inf, -np.inf]
+    logits[6] = [-np.inf, 2.0]
+    if opts.get("weight") == "w":
+        opts["weight"] = rng.uniform(0.5, 2.0, 2)
+    if "ignore_index" in opts:
+        opts["ignore_index"] = 1
+        target[::5] = 1
+        target[3] = 1  # an ignored NaN position: loss 0, gradient 0
+    go = rng.uniform(-1.0, 2.0, P)
+    fused = run_small(logits, target, grad_output=go, **opts)
+    general = run_small(logits, target, grad_output=go, stats=True, **opts)
+    kept = target != opts.get("ignore_index", -100)
+    # the same formulas, but LLVM may fuse their multiply-adds differently: equal to the last bit
+    for got, ref in ((fused[0], general[0]), (fused[1], general[1]), (fused[2][kept], general[2][kept])):
+        assert_array_equal(np.isnan(got), np.isnan(ref))
+        finite = np.isfinite(ref)
+        assert_array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])  # +-inf
+        scale = np.abs(ref[finite]).max()
+        assert_allclose(got[finite], ref[finite], rtol=0, atol=2 * np.finfo(got.dtype).eps * scale)
+    assert (fused[1][~kept] == 0).all()  # ignored positions: no gradient
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("C", [3, 10, 100])
 def test_statistics(rng, dtype, C):
     logits, target = _problem(rng, 77, C, dtype)
