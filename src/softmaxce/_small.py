@@ -19,6 +19,10 @@ both transposes move whole vectors of rows by shuffles (`_transpose`), and the n
 targets and coefficients are prefetched while a block computes) and
 `_axis1.index_axis1` ((N, C, S) logits, where class-major blocks are the input's own layout).
 
+With two classes and neither soft cap nor statistics, `_two_classes` computes a block in one pass
+over its positions (the same operations; the general block makes seven passes, each re-reading its
+work arrays, and at C = 2 those passes were the whole cost).
+
 Work is split into chunks of thousands of positions whose boundaries depend only on the shape, so
 every position is computed by the same instructions whatever the thread count: results are bit for
 bit the same on 1 or 2 threads. Probability targets keep the row kernels.
