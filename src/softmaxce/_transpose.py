@@ -7,10 +7,12 @@ gathers and interleave groups of 9 or more members): at 1048576 x 10 they took h
 
 Here a group of W rows (W = one 512-bit vector: 16 float32 or 8 float64) is moved as C whole vectors:
 the group's W * C logits are C contiguous vector loads, and each class's W values are picked from
-them by a chain of two-source shuffles (`shufflevector`, one `vpermt2ps` each on AVX-512), then stored
-as one vector; the way out is the mirror image. Shuffles are target-independent IR: on a CPU with
-narrower vectors LLVM splits them. C must be in [2, MAX_C]; the count of rows moved, a multiple of W,
-is returned and the caller moves the remaining rows itself.
+them by a chain of two-source shuffles (`shufflevector`; on this Zen 5 LLVM emits mostly `vpermi2ps`),
+then stored as one vector; the way out is the mirror image. Going in, each group also prefetches the
+lines PREFETCH_AHEAD bytes on: the hardware prefetcher does not run ahead across the arithmetic
+between blocks. Shuffles are target-independent IR: on a CPU with narrower vectors LLVM splits them.
+The count of rows moved, a multiple of W, is returned (0 for C outside [2, MAX_C]) and the caller
+moves the remaining rows itself.
 """
 
 from __future__ import annotations
