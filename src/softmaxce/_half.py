@@ -40,6 +40,7 @@ from ._bits import JIT
 from ._rows import (
     BLOCK,
     coef_at,
+    coef_rows,
     fast_exp,
     index_alpha,
     index_loss,
@@ -199,7 +200,7 @@ def _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, lo
         _load_row(fmt, zb[n], e)
         i = slice(n, n + 1)  # row n of the per-row arrays, as the (1, C) problem's row 0
         r = i if want_stats else slice(0, 0)
-        k = (coef[i] if coef.shape[0] != 1 else coef) if want_grad else one
+        k = coef_rows(coef, i) if want_grad else one
         index_row(0, s, target[i], weight, wsum, wpos, eps, lam, cap, ii, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, e, gb[n])
@@ -309,7 +310,7 @@ def _probability_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, coef, gb, 
         _load_row(fmt, zb[n], s[0])
         i = slice(n, n + 1)
         r = i if want_stats else slice(0, 0)
-        k = (coef[i] if coef.shape[0] != 1 else coef) if want_grad else one
+        k = coef_rows(coef, i) if want_grad else one
         probability_row(0, s, target[i], weight, eps, lam, cap, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, s[0], gb[n])

@@ -49,6 +49,7 @@ __all__ = [
     "BLOCK",
     "block_exp",
     "coef_at",
+    "coef_rows",
     "EXP_LO",
     "LN2",
     "ROUND_MAGIC",
@@ -174,6 +175,13 @@ def coef_at(coef, n):
     """Position n's upstream coefficient: `coef` holds one per position, or a single one for every
     position (length 1: a "mean" or "sum" loss under a scalar upstream gradient, no (P,) array to read)."""
     return coef[n] if coef.shape[0] != 1 else coef[0]
+
+
+@njit(inline="always", **JIT)
+def coef_rows(coef, rows):
+    """The upstream coefficients of the positions in the slice `rows`, as `coef_at` reads them: coef[rows],
+    or coef itself when it holds one for every position."""
+    return coef[rows] if coef.shape[0] != 1 else coef
 
 
 @njit(inline="always", **JIT)

@@ -408,15 +408,11 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
         # position in one loop: in place, its alias check would fail and it would run scalar) into ws[1]
         G = ws[1] if two else T
         column_block(C, nr, T, 0, nr, b0, task, want_grad, G, 0, nr, outs, want_stats, ws)
-        if want_grad and shuffled:
+        if want_grad:  # the first `done` rows by shuffles (none unless shuffled), the rest by a loop
             done = _u(columns_to_rows(G, 0, gf, base, nu, C))
             for r in range(done, nu):
                 for c in range(Cu):
                     gf[base + r * Cu + c] = G[c * nu + r]
-        elif want_grad:
-            for r in range(nu):
-                for c in range(Cu):
-                    gf[base + r * Cu + c] = T[c * nu + r]
 
 
 @njit(inline="always", **JIT)
