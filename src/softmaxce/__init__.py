@@ -19,6 +19,7 @@ from ._linear import (
     linear_cross_entropy_with_stats,
 )
 from ._options import CEOptions, LossOptions
+from ._resources import get_gradient_cache, set_gradient_cache
 from ._results import CrossEntropyResult, LinearCrossEntropyResult
 from ._sparse import SparseTarget
 from ._threads import get_num_threads, set_num_threads
@@ -31,6 +32,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_and_grad",
     "cross_entropy_with_stats",
+    "get_gradient_cache",
     "get_num_threads",
     "LinearCrossEntropyResult",
     "LinearOptions",
@@ -42,6 +44,7 @@ __all__ = [
     "linear_cross_entropy_and_grad",
     "linear_cross_entropy_with_stats",
     "log_softmax",
+    "set_gradient_cache",
     "set_num_threads",
     "softmax",
 ]

@@ -280,7 +280,7 @@ def forward_logits(
             if np.shares_memory(grad_rows, rows) and grad_rows.ctypes.data != rows.ctypes.data:
                 rows = rows.copy()  # partial overlap: only an exact alias is safe for the kernel
         else:
-            grad_rows = _resources.aligned_array(rows.shape, store)  # 64-byte aligned: faster stores
+            grad_rows = _resources.gradient_array(rows.shape, store)  # aligned, reused memory when freed
     # the per-position losses are reduced (or copied by reduce_loss) and lse is returned only with stats
     half_name = "float16" if half else None
     result = run_rows(

@@ -27,9 +27,7 @@ same on any thread count, and the loss does not depend on whether the gradient i
 
 from __future__ import annotations
 
-import contextlib
 import math
-import mmap
 
 import numpy as np
 from llvmlite import ir
@@ -55,7 +53,6 @@ from ._x86 import AVX2_FMA, exp16_store, max16
 __all__ = [
     "FORMATS",
     "bits_from_float32",
-    "empty_bits",
     "float32_from_bits",
     "index_rows_half",
     "probability_rows_half",
@@ -368,30 +365,6 @@ def _format(kind: str) -> int:
         return FORMATS[kind]
     except KeyError:
         raise ValueError(f"kind must be 'bfloat16' or 'float16', got {kind!r}") from None
-
-
-# ----------------------------------------------------------------------------- gradient memory
-
-HUGE_MIN_BYTES = 1 << 22  # arrays from this size on are mapped with transparent huge pages
-
-
-def empty_bits(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialized C-contiguous uint16 array for a 16-bit gradient (`torch.from_numpy(a).view(dtype)`).
-
-    A fresh gradient is written once, and on Linux its first touch costs a page fault per 4 KiB page:
-    at 65536 x 1000 that is 32000 faults, more time than the kernel's arithmetic on a virtual machine
-    (96 ms instead of 32 ms, 2 threads). Large arrays are therefore anonymous memory advised to use
-    transparent huge pages (MADV_HUGEPAGE; effective where /sys/kernel/mm/transparent_hugepage/enabled
-    is "always" or "madvise"): one fault per 2 MiB. Elsewhere, and for small arrays, `np.empty`.
-    The memory is returned to the system when the last view of the array goes away.
-    """
-    n = math.prod(shape)
-    if 2 * n < HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.empty(shape, np.uint16)
-    buf = mmap.mmap(-1, 2 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # a kernel without transparent huge pages: ordinary pages
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(buf, np.uint16, count=n).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- bit casts

@@ -20,7 +20,7 @@ import softmaxce
 from kernel_calls import kernel_arrays
 from option_cases import KERNEL_OPTIONS
 from reference import reference_cross_entropy, reference_stats
-from softmaxce import _half, _kernels, _threads
+from softmaxce import _half, _kernels, _resources, _threads
 
 torch = pytest.importorskip("torch")
 
@@ -359,10 +359,10 @@ def test_bad_kind():
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (2048, 1025), (0, 7)])
-def test_empty_bits(rng, shape):
-    """The gradient buffer (huge pages from 4 MiB on): writeable uint16, C-contiguous, usable by the kernel
-    and as a torch tensor of the 16-bit dtype."""
-    a = _half.empty_bits(shape)
+def test_gradient_bits(rng, shape):
+    """The torch front end's 16-bit gradient buffer (`_resources.gradient_array` of uint16, cached from
+    4 MiB on): writeable, C-contiguous, usable by the kernel and as a torch tensor of the 16-bit dtype."""
+    a = _resources.gradient_array(shape, np.uint16)
     assert a.shape == shape and a.dtype == np.uint16 and a.flags.c_contiguous and a.flags.writeable
     bits, target = _problem(rng, *shape, "bfloat16")
     _, grad, *_ = run_half(bits, target, "bfloat16")

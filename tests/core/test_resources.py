@@ -5,6 +5,7 @@ user cannot write (numba's cache then goes to the user's cache directory)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -275,3 +276,108 @@ def test_results_never_alias_scratch():
     softmaxce.linear_cross_entropy_and_grad(x * 2, W, t, reduction="none")
     for r, k in zip(results, kept, strict=True):
         assert np.array_equal(r, k)
+
+
+# ----------------------------------------------------------------------------- the gradient cache
+
+BIG = (1024, 1024)  # float32: exactly CACHE_MIN_BYTES, the smallest cached gradient
+
+
+@pytest.fixture
+def cache():
+    """The gradient cache, emptied before and restored (limit and contents emptied) after the test."""
+    limit = softmaxce.get_gradient_cache()
+    softmaxce.set_gradient_cache(0)
+    softmaxce.set_gradient_cache(64 * 2**20)
+    yield _resources._cache_free
+    softmaxce.set_gradient_cache(0)
+    softmaxce.set_gradient_cache(limit)
+
+
+def test_a_freed_gradient_is_reused(cache):
+    a = _resources.gradient_array(BIG, np.float32)
+    assert math.prod(BIG) * 4 == _resources.CACHE_MIN_BYTES
+    assert a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % _resources.ALIGN == 0
+    address = a.ctypes.data
+    assert cache == []
+    del a
+    assert len(cache) == 1  # the memory of the freed gradient is kept ...
+    b = _resources.gradient_array((512, 2048), np.float32)
+    assert b.ctypes.data == address and cache == []  # ... and the next gradient that fits takes it
+    b[...] = 1.0
+    assert b.sum() == b.size
+
+
+def test_a_gradient_still_viewed_is_not_reused(cache):
+    torch = pytest.importorskip("torch")
+    a = _resources.gradient_array(BIG, np.float32)
+    view = a[1:, ::2]
+    tensor = torch.from_numpy(a[:5])
+    del a
+    b = _resources.gradient_array(BIG, np.float32)
+    assert not np.shares_memory(b, view) and not np.shares_memory(b, tensor.numpy())
+    del view
+    assert cache == []  # the tensor still views it
+    del tensor
+    assert len(cache) == 1
+
+
+def test_the_cache_keeps_at_most_its_limit(cache):
+    small = _resources.gradient_array((1, _resources.CACHE_MIN_BYTES - 1), np.uint8)
+    del small
+    assert cache == []  # below CACHE_MIN_BYTES: NumPy's allocator
+    softmaxce.set_gradient_cache(10 * 2**20)
+    a, b, c = (_resources.gradient_array(BIG, np.float32) for _ in range(3))
+    del a, b
+    assert len(cache) == 2  # 8 MiB and a little
+    del c
+    assert len(cache) == 2  # the oldest went
+    huge = _resources.gradient_array((3, *BIG), np.float32)  # 12 MiB: no block fits
+    assert cache and all(not np.shares_memory(huge, blk) for blk in cache)
+    del huge  # more than the limit on its own: freed
+    assert sum(blk.nbytes for blk in cache) <= 10 * 2**20
+    softmaxce.set_gradient_cache(0)
+    assert cache == []
+    a = _resources.gradient_array(BIG, np.float32)
+    del a
+    assert cache == []
+
+
+def test_a_block_serves_at_most_twice_its_need(cache):
+    a = _resources.gradient_array((4, *BIG), np.float32)  # 16 MiB
+    del a
+    b = _resources.gradient_array(BIG, np.float32)  # 4 MiB: the 16 MiB block would waste 12
+    assert len(cache) == 1 and not np.shares_memory(b, cache[0])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_bad_cache_limit(bad):
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        softmaxce.set_gradient_cache(bad)
+
+
+def test_front_ends_reuse_the_gradient_memory(cache, rng):
+    """Each step's gradient, once dropped, is the next step's memory; the results do not depend on what
+    the memory held (ignored rows too)."""
+    from reference import reference_cross_entropy
+
+    z = rng.standard_normal((2048, 600)).astype(np.float32)  # 4.7 MiB gradient
+    t = rng.integers(0, 600, 2048)
+    t[::7] = -100
+    _, g = softmaxce.cross_entropy_and_grad(z, t)
+    address = g.ctypes.data
+    del g
+    z2 = rng.standard_normal(z.shape).astype(np.float32)
+    loss2, g2 = softmaxce.cross_entropy_and_grad(z2, t)
+    assert g2.ctypes.data == address
+    ref_loss, ref_grad = reference_cross_entropy(z2.astype(np.float64), t, ignore_index=-100)
+    np.testing.assert_allclose(g2, ref_grad, rtol=1e-5, atol=1e-7)
+    assert (g2[::7] == 0).all()
+    torch = pytest.importorskip("torch")
+    import softmaxce.torch as sce_torch
+
+    del g2
+    x = torch.from_numpy(z.copy()).requires_grad_(True)
+    sce_torch.cross_entropy(x, torch.from_numpy(t)).backward()
+    assert x.grad.data_ptr() == address
+    np.testing.assert_allclose(x.grad.numpy(), softmaxce.cross_entropy_and_grad(z, t)[1], rtol=1e-6, atol=1e-9)

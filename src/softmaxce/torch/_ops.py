@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.library import CustomOpDef
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .. import _engine, _half, _resources, _threads
+from .. import _engine, _resources, _threads
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from .._validation import Layout
@@ -198,10 +198,10 @@ def _ce_numpy(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Te
     if want_grad:
         coef = _engine.row_coefficients(opts.reduction, norm, _np64(grad_output), (P,), P)
         if half:
-            grad = torch.from_numpy(_half.empty_bits((P, C))).view(logits.dtype)
+            grad = torch.from_numpy(_resources.gradient_array((P, C), np.uint16)).view(logits.dtype)
             g_np = grad.view(torch.uint16).numpy()
         else:
-            g_np = _resources.aligned_array((P, C), dtype)
+            g_np = _resources.gradient_array((P, C), dtype)
             grad = torch.from_numpy(g_np)
     none = opts.reduction == "none"
     r = _engine.run_rows(rows, target_rows, probability, w, opts, coef, g_np, False, half, keep=none)
