@@ -1,6 +1,7 @@
-"""The streamed float32 path (class-index targets, no softcap/statistics): long rows in several blocks,
-the gradient of one row written during the next row's first pass, chunk boundaries, special rows in
-the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2 block loops."""
+"""The streamed float32 path (class-index targets, no softcap/statistics): rows kept in L1, long rows in
+several blocks, the gradient of one row written during the next row's first pass, chunk boundaries,
+special rows in the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2
+block loops."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import softmaxce
 from reference import reference_cross_entropy
-from softmaxce import _x86, cross_entropy_and_grad
+from softmaxce import _streamed, _x86, cross_entropy_and_grad
 
-# C values: one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, several blocks with a tail
-SIZES = [1024, 1051, 4099]
+# C values: rows kept in L1 (`_resident_rows`, up to RESIDENT_MAX_C = 2048: a tail of 1 past 8 vectors of 16,
+# one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, two blocks) and streamed rows (just past
+# RESIDENT_MAX_C, several blocks with a tail)
+SIZES = [129, 1024, 1051, 2048, 2049, 4099]
+
+
+def test_sizes_cover_both_kernels():
+    assert min(SIZES) > 128 and {C <= _streamed.RESIDENT_MAX_C for C in SIZES} == {True, False}
 
 
 def _problem(rng, P, C, scale=4.0):
