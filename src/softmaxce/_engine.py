@@ -6,6 +6,7 @@ head, on chunks of rows. Everything about normalizers, reductions and layouts li
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,9 +158,8 @@ def row_coefficients(problem_reduction: str, normalizer: float, grad_output, pos
                     f"grad_output must be a scalar for reduction={problem_reduction!r}, got shape {go_arr.shape}"
                 )
             go = float(go_arr.reshape(()))
-    if problem_reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            go = np.float64(go) / np.float64(normalizer) if normalizer != 0 else np.float64(go) * np.inf
+    if problem_reduction == "mean":  # go is a float: x / nan, x / inf and overflow give IEEE results
+        go = go / float(normalizer) if normalizer != 0 else go * math.inf
     if np.ndim(go) == 0:  # one coefficient for every position (`_rows.coef_at`)
         return np.full(1, go, np.float64)
     return kernel_array(go, np.float64)

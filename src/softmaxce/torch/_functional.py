@@ -10,6 +10,7 @@ Both take a sparse target too (`softmaxce.SparseTarget`, a torch sparse CSR or s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -25,7 +26,24 @@ __all__ = ["cross_entropy", "linear_cross_entropy"]
 
 
 def _options(ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, softcap: float | None):
-    """CEOptions, raising PyTorch's message for label_smoothing > 1 (C++ prints 2.0 as "2")."""
+    """CEOptions, raising PyTorch's message for label_smoothing > 1 (C++ prints 2.0 as "2"). Options of
+    plain int, float, str and None are memoized (CEOptions is immutable; validating anew took about 4 us
+    of every call); a bad value raises every time, as nothing is memoized for it."""
+    args = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+    if all(type(a) in _PLAIN for a in args):
+        return _memo_options(*args)
+    return _new_options(*args)
+
+
+_PLAIN = (int, float, str, type(None))  # exact types: a bool, a tensor or a NumPy scalar is not memoized
+
+
+@functools.lru_cache(maxsize=64, typed=True)
+def _memo_options(ignore_index, reduction, label_smoothing, z_loss, softcap) -> CEOptions:
+    return _new_options(ignore_index, reduction, label_smoothing, z_loss, softcap)
+
+
+def _new_options(ignore_index, reduction, label_smoothing, z_loss, softcap) -> CEOptions:
     if isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool) and label_smoothing > 1.0:
         if isinstance(reduction, str) and reduction in ("none", "mean", "sum"):  # torch checks reduction first
             raise OptionError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
@@ -42,7 +60,7 @@ def _validate(
     shape, t_shape = tuple(logits_shape), tuple(target.shape)
     if logits_dtype.is_floating_point and len(shape) >= 2 and t_shape != shape and t_shape and t_shape[0] != shape[0]:
         raise BatchSizeError(f"Expected input batch_size ({shape[0]}) to match target batch_size ({t_shape[0]}).")
-    return check_layout(
+    return _check_layout(
         logits_shape,
         _dtypes.kind(logits_dtype),
         _dtypes.name(logits_dtype),
@@ -53,6 +71,11 @@ def _validate(
         options,
     )
 
+
+# `check_layout` memoized: its arguments are shapes, dtype names and the options, and its Layout is
+# immutable (a training loop's calls repeat a few shapes; the checks took about 3 us of every call). A
+# bad layout raises every time, as nothing is memoized for it.
+_check_layout = functools.lru_cache(maxsize=256)(check_layout)
 
 BACKENDS = (None, "triton", "torch")
 
