@@ -15,9 +15,15 @@ def kernel_arrays(
     """((weight, eps, lam, cap, ignore_index, coef), (loss, lse, argmax, entropy)) for P positions.
 
     The weight is float64 or empty (no class weights), coef the upstream gradient (ones by default) as
-    float64 (P,); the outputs are fresh, argmax and entropy empty unless `stats`."""
+    float64 (P,), or (1,) for a scalar grad_output (one coefficient for every position, as the engine
+    passes a "mean" or "sum" loss's); the outputs are fresh, argmax and entropy empty unless `stats`."""
     w = np.empty(0) if weight is None else np.asarray(weight, np.float64)
-    coef = np.ones(P) if grad_output is None else np.asarray(grad_output, np.float64).reshape(P)
+    if grad_output is None:
+        coef = np.ones(P)
+    elif np.ndim(grad_output) == 0:  # one coefficient for every position, as the engine passes it
+        coef = np.full(1, float(grad_output))
+    else:
+        coef = np.asarray(grad_output, np.float64).reshape(P)
     outputs = np.empty(P), np.empty(P), np.empty(P if stats else 0, np.int64), np.empty(P if stats else 0)
     return (w, label_smoothing, z_loss, softcap or 0.0, ignore_index, coef), outputs
 

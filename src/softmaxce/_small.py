@@ -264,11 +264,33 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
     loss, lse, argmax, entropy = outs
     m, bad = ws[3][0], ws[7]
     Ru, so, ss, p0, go, gs = _u(R), _u(so), _u(ss), _u(p0), _u(go), _u(gs)
+    # one loop for one upstream coefficient, one for a coefficient per position: a loop choosing
+    # between them per position gathered the coefficients (vgatherqpd) instead of loading them
+    if coef.shape[0] == 1:
+        nbad = _two_class_loop(True, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad)
+    else:
+        nbad = _two_class_loop(False, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad)
+    if nbad > 0:
+        _nan_rows(2, R, src, so, ss, p0, target, ignore_index, m, lse, loss, False, argmax, entropy, ws[6], bad)
+        if want_grad:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
+            for r in range(Ru):
+                if bad[r]:
+                    fill = 0.0 if target[p0 + r] == ignore_index else np.nan
+                    grad[go + r] = fill
+                    grad[go + gs + r] = fill
+
+
+@njit(inline="always", **JIT)
+def _two_class_loop(one_coef, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad):
+    """`_two_classes`' loop over the positions (one_coef: coef holds one coefficient for all); returns
+    how many positions have a NaN exp sum."""
+    target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     dt = src.dtype.type
     weighted = weight.shape[0] == 2
     w0 = weight[0] if weighted else 1.0
     w1 = weight[1] if weighted else 1.0
     smooth = eps / 2
+    k1 = coef[0]
     nbad = 0
     for r in range(Ru):
         y = target[p0 + r]
@@ -291,7 +313,7 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
         ll = index_loss(l_se, zy, wy, wz, wsum, wpos, eps, smooth, lam)
         loss[p0 + r] = ll if keep else 0.0
         if want_grad:
-            k = coef_at(coef, p0 + r) if keep else 0.0
+            k = (k1 if one_coef else coef[p0 + r]) if keep else 0.0
             alpha = index_alpha(l_se, wy, wsum, eps, smooth, lam)
             sc = dt(k * alpha / sr)
             bk = dt(k * smooth)
@@ -300,14 +322,7 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
             hit1 = fx if keep and one else dt(0.0)
             grad[go + r] = e0 * sc - bk * dt(w0) - hit0
             grad[go + gs + r] = e1 * sc - bk * dt(w1) - hit1
-    if nbad > 0:
-        _nan_rows(2, R, src, so, ss, p0, target, ignore_index, m, lse, loss, False, argmax, entropy, ws[6], bad)
-        if want_grad:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
-            for r in range(Ru):
-                if bad[r]:
-                    fill = 0.0 if target[p0 + r] == ignore_index else np.nan
-                    grad[go + r] = fill
-                    grad[go + gs + r] = fill
+    return nbad
 
 
 @njit(inline="always", **JIT)

@@ -104,7 +104,8 @@ def _transpose_pair(src, so, cols, back, n, C):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_two_classes_pass_matches_the_general_pass(rng, dtype, name):
+@pytest.mark.parametrize("coef", ["per-position", "one"])
+def test_two_classes_pass_matches_the_general_pass(rng, dtype, name, coef):
     """Two classes without statistics or soft cap take one fused pass (`_two_classes`); asking for
     statistics takes the general pass, whose loss, lse and gradient it must reproduce to the last bit
     (special values too)."""
@@ -123,7 +124,7 @@ def test_two_classes_pass_matches_the_general_pass(rng, dtype, name):
         opts["ignore_index"] = 1
         target[::5] = 1
         target[3] = 1  # an ignored NaN position: loss 0, gradient 0
-    go = rng.uniform(-1.0, 2.0, P)
+    go = rng.uniform(-1.0, 2.0, P) if coef == "per-position" else 0.37  # (1,) or (P,) coefficients
     fused = run_small(logits, target, grad_output=go, **opts)
     general = run_small(logits, target, grad_output=go, stats=True, **opts)
     kept = target != opts.get("ignore_index", -100)

@@ -212,7 +212,7 @@ def _ce_numpy(logits: Tensor, problem: Problem, want_grad: bool, grad_output: Te
         if opts.reduction == "mean":
             with np.errstate(divide="ignore", invalid="ignore"):
                 total = total / np.float64(norm)  # as PyTorch: 0/0 is NaN, x/0 is inf
-        loss = torch.tensor(total, dtype=logits.dtype)
+        loss = torch.scalar_tensor(total, dtype=logits.dtype)
     return loss, grad
 
 
