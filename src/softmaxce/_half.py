@@ -138,14 +138,14 @@ def _from_f32(fmt, x):
 
 # `_load_row` and `_store_row` test fmt per element: LLVM hoists the test out of the loop (unswitching), so
 # each format gets its own vectorized loop, the code that two hand-written loops give (checked in the IR).
-@njit(**JIT)
+@njit(_nrt=False, **JIT)
 def _load_row(fmt, src, dst):
     """dst[j] = float32(src[j]) for 16-bit patterns src (C,) in format fmt."""
     for j in range(src.shape[0]):
         dst[j] = _to_f32(fmt, src[j])
 
 
-@njit(**JIT)
+@njit(_nrt=False, **JIT)
 def _store_row(fmt, src, dst):
     """dst[j] = the 16-bit pattern of src[j] (float32, rounded to nearest even) in format fmt."""
     for j in range(src.shape[0]):
@@ -183,17 +183,12 @@ def _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, lo
     s = np.empty((1, C), np.float32)
     e = s[0]
     one = np.ones(1)  # the row kernels always compute a gradient (into s), so the loss never depends on want_grad
-    for n in range(ch * R, min(P, (ch + 1) * R)):
-        if fast:
-            if target[n] == ii:
-                loss[n] = 0.0
-                lse[n] = np.nan
-                if want_grad:
-                    gb[n, :] = 0
-                continue
-            _load_row(fmt, zb[n], e)
-            if _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, loss, lse):
-                continue
+    n, n1 = ch * R, min(P, (ch + 1) * R)
+    while n < n1:
+        if fast:  # rows up to the next one the fast path leaves to `_rows.index_row`
+            n = _fast_rows(fmt, n, n1, zb, e, target, weight, wsum, wpos, eps, lam, ii, coef, gb, loss, lse)
+            if n == n1:
+                break
         _load_row(fmt, zb[n], e)
         i = slice(n, n + 1)  # row n of the per-row arrays, as the (1, C) problem's row 0
         r = i if want_stats else slice(0, 0)
@@ -201,9 +196,30 @@ def _index_chunk(fmt, ch, R, zb, target, weight, eps, lam, cap, ii, coef, gb, lo
         index_row(0, s, target[i], weight, wsum, wpos, eps, lam, cap, ii, k, s, loss[i], lse[i], am[r], en[r])
         if want_grad:
             _store_row(fmt, e, gb[n])
+        n += 1
 
 
-@njit(**JIT)
+@njit(_nrt=False, **JIT)
+def _fast_rows(fmt, n0, n1, zb, e, target, weight, wsum, wpos, eps, lam, ii, coef, gb, loss, lse):
+    """Rows n0 .. n1 - 1 by `_index_row_fast` (ignored rows directly), widened into the scratch row e;
+    returns the first row it leaves to the general path (n1 when none). Compiled without numba's
+    reference counting: the row views and arguments of every row otherwise cost atomic operations."""
+    want_grad = gb.shape[0] == loss.shape[0]
+    for n in range(n0, n1):
+        if target[n] == ii:
+            loss[n] = 0.0
+            lse[n] = np.nan
+            if want_grad:
+                for j in range(gb.shape[1]):
+                    gb[n, j] = 0
+            continue
+        _load_row(fmt, zb[n], e)
+        if not _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, loss, lse):
+            return n
+    return n1
+
+
+@njit(_nrt=False, **JIT)
 def _index_row_fast(fmt, n, e, target, weight, wsum, wpos, eps, lam, coef, gb, loss, lse):
     """Row n of a class-index problem without softcap or statistics, its logits widened into e (C,)
     float32, computed as `_rows.index_row` computes it (the formulas are there), in three passes over e
