@@ -258,12 +258,17 @@ def _streamed_rows(
 
 
 @njit(_nrt=False, **JIT)
-def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse):
+def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse, tz, te):
     """Rows [n0, n1) of the streamed path for rows of at most RESIDENT_MAX_C classes, which stay in L1
     with their gradient: three passes over the row with ordinary stores (the max; e_j = exp(z_j - m)
     written into the gradient row, summed in float32 per BLOCK and in float64 across blocks; the
     gradient e_j * scale - beta in place), the formulas of `_streamed_chunk` with one max per row.
-    Nothing is written before the max is known to be finite, so out=logits (g is z) is safe."""
+    Nothing is written before the max is known to be finite, so out=logits (g is z) is safe. The exp
+    terms past a block's last multiple of 16 go through the scratch tz, te (16,), padded with -inf, as
+    one more vector of the hand-written exp: a plain loop's sum, written into g, was vectorized or not
+    depending on whether g overlapped z (LLVM's runtime alias check) and on the caller it was compiled
+    into, and differed in the last bit between out=logits and a new gradient, and between 1 and 2
+    threads."""
     P, C = z.shape
     want_grad = grad.shape[0] == P
     weighted = weight.shape[0] == C
@@ -296,19 +301,27 @@ def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef
             for j0 in range(0, C, BLOCK):
                 j1 = min(j0 + BLOCK, C)
                 sb = row.dtype.type(0)
-                j = j0
-                if want_grad:
-                    if AVX2_FMA:
-                        n16 = (j1 - j0) // 16
-                        sb = exp16_store(row, grad[n], j0, n16, m)
-                        j = j0 + 16 * n16
-                    s += block_exp(row, m, grad[n], j, j1, True, sb)
-                else:
-                    if AVX2_FMA:
-                        n16 = (j1 - j0) // 16
+                if AVX2_FMA:
+                    n16 = (j1 - j0) // 16
+                    j = j0 + 16 * n16
+                    nt = j1 - j  # the last 0-15 terms: one vector of the scratch, padded with -inf
+                    if nt > 0:
+                        for q in range(16):
+                            tz[q] = row[j + q] if q < nt else -np.inf
+                    if want_grad:
+                        g = grad[n]
+                        sb = exp16_store(row, g, j0, n16, m)
+                        if nt > 0:
+                            sb += exp16_store(tz, te, 0, 1, m)
+                            for q in range(nt):
+                                g[j + q] = te[q]
+                    else:
                         sb = exp16_sum(row, row, j0, n16, m)
-                        j = j0 + 16 * n16
-                    s += block_exp(row, m, row, j, j1, False, sb)
+                        if nt > 0:
+                            sb += exp16_sum(tz, te, 0, 1, m)
+                else:
+                    sb = block_exp(row, m, grad[n] if want_grad else row, j0, j1, want_grad, sb)
+                s += sb
         if s != s:
             # a NaN or +inf logit, or only -inf: lse is the NaN, +inf or -inf; with a finite max the row
             # held a NaN (and g may already hold its exp terms, over the logits when out=logits)
@@ -353,7 +366,8 @@ def index_rows_streamed(z, target, weight, eps, lam, ignore_index, coef, grad, l
         if C <= RESIDENT_MAX_C:
             n0 = ch * rows_per_chunk
             n1 = min(P, n0 + rows_per_chunk)
-            _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
+            tz, te = np.empty(16, z.dtype), np.empty(16, z.dtype)
+            _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse, tz, te)
         else:
             _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
 
@@ -364,7 +378,8 @@ def index_rows_streamed_serial(z, target, weight, eps, lam, ignore_index, coef, 
     P, C = z.shape
     wsum = weight_sum(weight, C)
     if C <= RESIDENT_MAX_C:
-        _resident_rows(0, P, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
+        tz, te = np.empty(16, z.dtype), np.empty(16, z.dtype)
+        _resident_rows(0, P, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse, tz, te)
         return
     rows_per_chunk = max(1, _STREAM_CHUNK // C)
     for ch in range((P + rows_per_chunk - 1) // rows_per_chunk):

@@ -11,16 +11,20 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import softmaxce
 from reference import reference_cross_entropy
-from softmaxce import _streamed, _x86, cross_entropy_and_grad
+from softmaxce import _small, _streamed, _x86, cross_entropy_and_grad
 
-# C values: rows kept in L1 (`_resident_rows`, up to RESIDENT_MAX_C = 2048: a tail of 1 past 8 vectors of 16,
-# one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, two blocks) and streamed rows (just past
-# RESIDENT_MAX_C, several blocks with a tail)
-SIZES = [129, 1024, 1051, 2048, 2049, 4099]
+# C values: rows kept in L1 (`_resident_rows`, from STREAMED_FROM_C = 32 (below it the few-class kernel
+# takes float32 rows) up to RESIDENT_MAX_C = 2048: two vectors of 16, a tail of 15, a tail of 4, a tail
+# of 1 past 8 vectors, one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, two blocks) and
+# streamed rows (just past RESIDENT_MAX_C, several blocks with a tail)
+SIZES = [32, 47, 100, 129, 1024, 1051, 2048, 2049, 4099]
 
 
 def test_sizes_cover_both_kernels():
-    assert min(SIZES) > 128 and {C <= _streamed.RESIDENT_MAX_C for C in SIZES} == {True, False}
+    assert min(SIZES) == _small.STREAMED_FROM_C and {C <= _streamed.RESIDENT_MAX_C for C in SIZES} == {True, False}
+    f32 = np.dtype(np.float32)
+    assert _small.small_classes(f32, 10, 31, streamed=True) and not _small.small_classes(f32, 10, 32, streamed=True)
+    assert _small.small_classes(f32, 10, 100, streamed=False)  # softcap, statistics: the few-class kernel
 
 
 def _problem(rng, P, C, scale=4.0):
