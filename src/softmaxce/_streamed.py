@@ -342,12 +342,20 @@ def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef
             g = grad[n]
             k = coef_at(coef, n)
             alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
-            scale = g.dtype.type(k * alpha / s)
+            scale = g.dtype.type(exact_div(k * alpha, s))
             beta = g.dtype.type(k * smooth)
             gy = g[y] * scale - beta - g.dtype.type(k * (1.0 - eps) * w_y)
             for j in range(C):
                 g[j] = g[j] * scale - beta
             g[y] = gy
+
+
+@njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
+def exact_div(a, b):
+    """a / b rounded once, as IEEE says: compiled without fast-math flags, so LLVM cannot turn it into
+    a times an approximate 1 / b in some callers and not in others (the kernels' fast-math flags allow
+    that; the serial and the parallel driver then gave rows whose gradients differed in the last bit)."""
+    return a / b
 
 
 RESIDENT_MAX_C = 2048  # rows up to this many classes take `_resident_rows` (8 KiB of float32)
