@@ -370,11 +370,15 @@ def index_rows_streamed(z, target, weight, eps, lam, ignore_index, coef, grad, l
     # chunks of at most _STREAM_CHUNK logits and at least _MIN_CHUNKS of them, for balance between the
     # threads (a chunk boundary costs one gradient pass that overlaps nothing)
     rows_per_chunk = max(1, min(_STREAM_CHUNK // C, -(-P // _MIN_CHUNKS)))
-    for ch in prange((P + rows_per_chunk - 1) // rows_per_chunk):
+    nch = (P + rows_per_chunk - 1) // rows_per_chunk
+    # each chunk's own tail scratch, made before the loop (numba hoists an allocation written inside a
+    # prange body out of it, where the threads would share it)
+    tails = np.empty((nch if C <= RESIDENT_MAX_C else 0, 2, 16), z.dtype)
+    for ch in prange(nch):
         if C <= RESIDENT_MAX_C:
             n0 = ch * rows_per_chunk
             n1 = min(P, n0 + rows_per_chunk)
-            tz, te = np.empty(16, z.dtype), np.empty(16, z.dtype)
+            tz, te = tails[ch, 0], tails[ch, 1]
             _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse, tz, te)
         else:
             _streamed_chunk(ch, rows_per_chunk, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse)
