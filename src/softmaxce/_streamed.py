@@ -257,7 +257,7 @@ def _streamed_rows(
         grad[pn, target[pn]] = pfix
 
 
-@njit(_nrt=False, **JIT)
+@njit(_nrt=False, cache=True, nogil=True, error_model="numpy")  # no fast-math flags: see the docstring
 def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef, grad, loss, lse, tz, te):
     """Rows [n0, n1) of the streamed path for rows of at most RESIDENT_MAX_C classes, which stay in L1
     with their gradient: three passes over the row with ordinary stores (the max; e_j = exp(z_j - m)
@@ -268,7 +268,8 @@ def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef
     one more vector of the hand-written exp: a plain loop's sum, written into g, was vectorized or not
     depending on whether g overlapped z (LLVM's runtime alias check) and on the caller it was compiled
     into, and differed in the last bit between out=logits and a new gradient, and between 1 and 2
-    threads."""
+    threads. For the same reason it is compiled without fast-math flags: with them, a cold compile
+    after other kernels gave the serial and the parallel driver rows 1 ulp apart."""
     P, C = z.shape
     want_grad = grad.shape[0] == P
     weighted = weight.shape[0] == C
