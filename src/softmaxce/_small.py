@@ -56,10 +56,11 @@ __all__ = [
 ]
 
 SMALL_MAX_C = 128  # class counts up to this may take `index_rows_small` (the general row kernel is slower)
-# From this many classes, float32 problems that the streamed path takes (`_streamed.streams`) go there:
-# its resident kernel is faster (2 threads, 2**25 logits: C = 32: 15 ms against 50; 47: 22 against 24;
-# 100: 9.3 against 21; 128: 7.4 against 33); below it the few-class kernel is (C = 31: 23 against 31)
-STREAMED_FROM_C = 32
+# From this many classes, float32 problems that the streamed path takes (`_streamed.streams`) go there
+# instead. Session 8 sent 32-128 classes to a resident-row kernel there (2-4x faster), withdrawn at the
+# end of the session: after a cold compile its serial and parallel drivers differed in the last bit on
+# some rows (tests/core/test_streamed.py, in a full cold-cache run only); so none go there for now.
+STREAMED_FROM_C = SMALL_MAX_C + 1
 CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work) ...
 CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
 PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is

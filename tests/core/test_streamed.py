@@ -1,7 +1,6 @@
-"""The streamed float32 path (class-index targets, no softcap/statistics): rows kept in L1, long rows in
-several blocks, the gradient of one row written during the next row's first pass, chunk boundaries,
-special rows in the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2
-block loops."""
+"""The streamed float32 path (class-index targets, no softcap/statistics): long rows in several blocks,
+the gradient of one row written during the next row's first pass, chunk boundaries, special rows in
+the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2 block loops."""
 
 from __future__ import annotations
 
@@ -11,20 +10,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import softmaxce
 from reference import reference_cross_entropy
-from softmaxce import _small, _streamed, _x86, cross_entropy_and_grad
+from softmaxce import _x86, cross_entropy_and_grad
 
-# C values: rows kept in L1 (`_resident_rows`, from STREAMED_FROM_C = 32 (below it the few-class kernel
-# takes float32 rows) up to RESIDENT_MAX_C = 2048: two vectors of 16, a tail of 15, a tail of 4, a tail
-# of 1 past 8 vectors, one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, two blocks) and
-# streamed rows (just past RESIDENT_MAX_C, several blocks with a tail)
-SIZES = [32, 47, 100, 129, 1024, 1051, 2048, 2049, 4099]
-
-
-def test_sizes_cover_both_kernels():
-    assert min(SIZES) == _small.STREAMED_FROM_C and {C <= _streamed.RESIDENT_MAX_C for C in SIZES} == {True, False}
-    f32 = np.dtype(np.float32)
-    assert _small.small_classes(f32, 10, 31, streamed=True) and not _small.small_classes(f32, 10, 32, streamed=True)
-    assert _small.small_classes(f32, 10, 100, streamed=False)  # softcap, statistics: the few-class kernel
+# C values: one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, several blocks with a tail
+SIZES = [1024, 1051, 4099]
 
 
 def _problem(rng, P, C, scale=4.0):
