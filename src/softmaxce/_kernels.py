@@ -28,9 +28,9 @@ __all__ = ["check_targets", "index_rows", "probability_rows"]
 def index_rows(
     parallel: bool, z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy
 ) -> None:
-    """Class-index targets: the few-classes kernel (`_small`, C <= 128; below 32 classes where the
-    streamed path applies), the streamed pipeline where it applies (`_streamed.streams`), else the
-    general row kernel; on the thread pool if `parallel`."""
+    """Class-index targets: the few-classes kernel (`_small`, C <= 128; below `_small.STREAMED_FROM_C`
+    where the streamed path applies), the streamed pipeline where it applies (`_streamed.streams`),
+    else the general row kernel; on the thread pool if `parallel`."""
     P, C = z.shape
     ii = ignore_index
     streamed = streams(z.dtype, P, C, weight.shape[0] == C, eps, cap, entropy.shape[0] == P)
