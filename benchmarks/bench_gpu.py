@@ -1,8 +1,10 @@
-"""Fused linear + cross-entropy head on a CUDA GPU: softmaxce's Triton kernels vs the peers, same run.
+"""Cross-entropy on a CUDA GPU: softmaxce's Triton kernels vs the peers, same run; the fused linear
+head, and cross-entropy on given logits.
 
     python benchmarks/bench_gpu.py                 # Gemma-2 2B and Llama-3 8B head shapes, bfloat16
     python benchmarks/bench_gpu.py --quick         # a small shape, for a smoke run
     python benchmarks/bench_gpu.py --shapes llama3 --repeat 20
+    python benchmarks/bench_gpu.py --part logits   # only cross-entropy on given (N, V) logits
 
 Shapes (tokens N, hidden D, vocabulary V, bfloat16): gemma2 = 8192 x 2304 x 256000 with logit
 soft-capping 30 (as Gemma 2), llama3 = 8192 x 4096 x 128256. Every contender computes the mean
@@ -16,6 +18,14 @@ cross-entropy of x @ W.T and its gradients with respect to x and W (forward + ba
     liger              Liger-Kernel's fused linear cross-entropy      (optional: skipped if missing)
     cce                Cut Cross-Entropy, default filter_eps ("auto")  (optional: skipped if missing)
     cce_exact          Cut Cross-Entropy, filter_eps=None (exact gradient)
+
+Logits (--part logits; the same shapes' N x V logits, bfloat16, as a language model's loss takes them):
+
+    softmaxce_triton   softmaxce.torch._triton.cross_entropy_rows (the kernel: loss + gradient)
+    softmaxce_torch    softmaxce.torch.cross_entropy + backward (autograd; Triton for CUDA tensors)
+    torch_eager        F.cross_entropy(logits.float(), y) + backward (as Hugging Face models call it)
+    torch_compile      the same under torch.compile
+    copy_floor         torch.empty_like(logits).copy_(logits): one read and one write of the logits
 
 Time: median of --repeat CUDA-event-timed runs after --warmup runs. Memory: peak allocated during
 one run minus what was allocated before it (inputs) and minus the gradients' own size (x and W),
@@ -122,30 +132,97 @@ def _make_contender(name: str, softcap: float | None):
     raise ValueError(f"unknown contender {name!r}")
 
 
+LOGIT_CONTENDERS = ("softmaxce_triton", "softmaxce_torch", "torch_eager", "torch_compile", "copy_floor")
+
+
+def _make_logits_contender(name: str, softcap: float | None):
+    """A function (z, y) -> None that computes the loss and dL/dz of given logits z (N, V)."""
+    import torch
+    import torch.nn.functional as F
+
+    if name == "softmaxce_triton":
+        from softmaxce import CEOptions
+        from softmaxce.torch import _triton
+
+        opts = CEOptions(softcap=softcap)
+
+        def run(z, y):
+            _triton.cross_entropy_rows(z, y, None, opts, True)
+
+        return run
+    if name == "softmaxce_torch":
+        import softmaxce.torch as st
+
+        def run(z, y):
+            st.cross_entropy(z, y, softcap=softcap).backward()
+
+        return run
+    if name in ("torch_eager", "torch_compile"):
+
+        def loss(z, y):
+            return F.cross_entropy(_capped(z.float(), softcap), y)
+
+        fn = torch.compile(loss) if name == "torch_compile" else loss
+
+        def run(z, y):
+            fn(z, y).backward()
+
+        return run
+    if name == "copy_floor":
+
+        def run(z, y):
+            torch.empty_like(z).copy_(z)
+
+        return run
+    raise ValueError(f"unknown contender {name!r}")
+
+
 def _measure(run, N, D, V, dtype, warmup: int, repeat: int) -> dict:
+    """A fused-head contender: x (N, D), W (V, D) leaves, gradients of both."""
     import torch
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(N, D, device="cuda", dtype=dtype, generator=gen).requires_grad_()
     W = (torch.randn(V, D, device="cuda", dtype=dtype, generator=gen) / D**0.5).requires_grad_()
     y = torch.randint(0, V, (N,), device="cuda", generator=gen)
+    return _timed(lambda: run(x, W, y), (x, W), (N * D + V * D) * x.element_size(), warmup, repeat)
+
+
+def _measure_logits(run, N, V, dtype, warmup: int, repeat: int) -> dict:
+    """A logits contender: z (N, V) leaf (random logits of scale 4), the gradient dL/dz."""
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    z = (4.0 * torch.randn(N, V, device="cuda", generator=gen)).to(dtype).requires_grad_()
+    y = torch.randint(0, V, (N,), device="cuda", generator=gen)
+    return _timed(lambda: run(z, y), (z,), N * V * z.element_size(), warmup, repeat)
+
+
+def _timed(call, leaves, grads: int, warmup: int, repeat: int) -> dict:
+    """Median CUDA-event time of call() and its peak memory beyond what was allocated before it and
+    the leaves' gradients (`grads` bytes)."""
+    import torch
+
+    def clear():
+        for leaf in leaves:
+            leaf.grad = None
+
     for _ in range(warmup):
-        x.grad = W.grad = None
-        run(x, W, y)
-    x.grad = W.grad = None
+        clear()
+        call()
+    clear()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    run(x, W, y)
+    call()
     torch.cuda.synchronize()
-    grads = (N * D + V * D) * x.element_size()
     extra = torch.cuda.max_memory_allocated() - base - grads
     times = []
     for _ in range(repeat):
-        x.grad = W.grad = None
+        clear()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run(x, W, y)
+        call()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
@@ -156,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["gemma2", "llama3"])
     parser.add_argument("--quick", action="store_true", help="only the small 'quick' shape")
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--part", choices=["head", "logits", "both"], default="both")
+    parser.add_argument("--contenders", nargs="+", choices=sorted(set(CONTENDERS + LOGIT_CONTENDERS)))
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
@@ -175,16 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype)
     shapes = ["quick"] if args.quick else args.shapes
     rows = []
-    for shape in shapes:
+    parts = ["head", "logits"] if args.part == "both" else [args.part]
+    for part, shape in ((p, s) for p in parts for s in shapes):
         N, D, V, softcap = (SHAPES[shape][k] for k in ("N", "D", "V", "softcap"))
+        names = CONTENDERS if part == "head" else LOGIT_CONTENDERS
         results = {}
-        for name in args.contenders:
-            run = _make_contender(name, softcap)
+        for name in (n for n in names if args.contenders is None or n in args.contenders):
+            if part == "head":
+                run = _make_contender(name, softcap)
+            else:
+                run = _make_logits_contender(name, softcap)
             if run is None:
-                print(f"{shape}: {name} skipped (not installed or no softcap support)")
+                print(f"{part} {shape}: {name} skipped (not installed or no softcap support)")
                 continue
             try:
-                results[name] = _measure(run, N, D, V, dtype, args.warmup, args.repeat)
+                if part == "head":
+                    results[name] = _measure(run, N, D, V, dtype, args.warmup, args.repeat)
+                else:
+                    results[name] = _measure_logits(run, N, V, dtype, args.warmup, args.repeat)
             except torch.cuda.OutOfMemoryError:
                 results[name] = {"time_s": float("nan"), "extra_peak_mb": float("nan"), "note": "out of memory"}
             except Exception as exc:  # a peer's failure is a result, not a crash of the benchmark
@@ -192,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 torch.cuda.empty_cache()
         ours = results.get("softmaxce_triton", {}).get("time_s", float("nan"))
-        print(f"\n{shape}: N={N} D={D} V={V} {args.dtype} softcap={softcap}")
+        dims = f"N={N} D={D} V={V}" if part == "head" else f"logits N={N} V={V}"
+        print(f"\n{part} {shape}: {dims} {args.dtype} softcap={softcap}", flush=True)
         print(f"{'contender':<18}{'time ms':>10}{'vs ours':>9}{'extra MiB':>11}  note")
         for name, r in results.items():
             ratio = r["time_s"] / ours if ours == ours else float("nan")
             print(f"{name:<18}{r['time_s'] * 1e3:>10.2f}{ratio:>9.2f}{r['extra_peak_mb']:>11.0f}  {r.get('note', '')}")
-            rows.append({"shape": shape, "N": N, "D": D, "V": V, "dtype": args.dtype, "softcap": softcap,
-                         "contender": name, "time_s": round(r["time_s"], 6), "vs_softmaxce_triton": round(ratio, 3),
+            rows.append({"part": part, "shape": shape, "N": N, "D": D if part == "head" else "", "V": V,
+                         "dtype": args.dtype, "softcap": softcap, "contender": name,
+                         "time_s": round(r["time_s"], 6), "vs_softmaxce_triton": round(ratio, 3),
                          "extra_peak_mb": round(r["extra_peak_mb"], 1), "note": r.get("note", "")})  # fmt: skip
     if rows:
         write_csv(rows, args.csv)

@@ -63,10 +63,11 @@ def upstream(rng, P, reduction):
 
 def reference(z, t, weight, options, grad_output):
     """(loss, dJ/dz) in float64 (tests/reference.py)."""
+    z, t, grad_output = z.cpu(), t.cpu(), grad_output.cpu()
     loss, grad = reference_cross_entropy(
         z.double().numpy(),
         t.numpy(),
-        weight=None if weight is None else weight.double().numpy(),
+        weight=None if weight is None else weight.cpu().double().numpy(),
         ignore_index=options.ignore_index,
         reduction=options.reduction,
         label_smoothing=options.label_smoothing,
@@ -78,10 +79,11 @@ def reference(z, t, weight, options, grad_output):
 
 
 def close(ours, ref, rtol=2e-5, atol=2e-6):
-    torch.testing.assert_close(ours.double(), ref.double(), rtol=rtol, atol=atol, equal_nan=True)
+    """assert_close in float64 on the CPU (either side may be a CUDA tensor)."""
+    torch.testing.assert_close(ours.cpu().double(), ref.cpu().double(), rtol=rtol, atol=atol, equal_nan=True)
 
 
 def rel_err(ours, ref):
     """max |ours - ref| / max(1, max |ref|), in float64."""
-    d = (ours.double() - ref.double()).abs().max()
-    return float(d / max(1.0, float(ref.double().abs().max())))
+    ours, ref = ours.cpu().double(), ref.cpu().double()
+    return float((ours - ref).abs().max() / max(1.0, float(ref.abs().max())))

@@ -26,10 +26,10 @@ def test_missing_triton_names_the_gpu_extra(monkeypatch):
         _triton.check("cuda")
 
 
-def test_float64_is_refused(interpret):
-    assert _triton.available("cpu", torch.float32)
+def test_float64_is_refused(device):
+    assert _triton.available(device, torch.float32)
     with pytest.raises(_triton.BackendError, match="torch.float64"):
-        _triton.check("cpu", torch.float64)
+        _triton.check(device, torch.float64)
 
 
 def test_backend_error_is_a_runtime_error():

@@ -1,4 +1,4 @@
-"""The fused linear head in Triton's interpreter against F.cross_entropy(x @ W.T + b) in float64:
+"""The fused linear head (interpreted and on CUDA) against F.cross_entropy(x @ W.T + b) in float64:
 the loss and grad_x, grad_W, grad_b, for every option, with atomic and deterministic weight gradients."""
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ GRID = [
 ]
 
 
-def _problem(rng, probability, weighted, options, d=D, dtype=torch.float32, scale=1.0):
-    x = torch.from_numpy(rng.normal(0.0, scale, (P, d))).to(dtype)
-    W = torch.from_numpy(rng.normal(0.0, 1.0, (V, d))).to(dtype)
-    b = torch.from_numpy(rng.normal(0.0, 0.5, V)).to(dtype)
-    t = targets(rng, P, V, probability, options.ignore_index)
-    w = torch.from_numpy(rng.uniform(0.2, 2.0, V)).float() if weighted else None
+def _problem(rng, probability, weighted, options, device, d=D, dtype=torch.float32, scale=1.0):
+    x = torch.from_numpy(rng.normal(0.0, scale, (P, d))).to(device, dtype)
+    W = torch.from_numpy(rng.normal(0.0, 1.0, (V, d))).to(device, dtype)
+    b = torch.from_numpy(rng.normal(0.0, 0.5, V)).to(device, dtype)
+    t = targets(rng, P, V, probability, options.ignore_index).to(device)
+    w = torch.from_numpy(rng.uniform(0.2, 2.0, V)).float().to(device) if weighted else None
     return x, W, b, t.float() if probability else t, w
 
 
 def _reference(x, W, b, t, w, options, go):
     """(loss, grad_x, grad_W, grad_b) in float64 from the logits' reference gradient G: G W, G^T x, sum G."""
-    x, W, b = x.double(), W.double(), b.double()
+    x, W, b = x.cpu().double(), W.cpu().double(), b.cpu().double()
     loss, G = reference(x @ W.T + b, t, w, options, go)
     return loss, G @ W, G.T @ x, G.sum(dim=0)
 
@@ -39,27 +39,27 @@ def _check(ours, ref, **tol):
 
 
 @pytest.mark.parametrize(("probability", "weighted", "options"), GRID)
-def test_matches_reference(interpret, rng, deterministic, probability, weighted, options):
-    x, W, b, t, w = _problem(rng, probability, weighted, options)
+def test_matches_reference(device, rng, deterministic, probability, weighted, options):
+    x, W, b, t, w = _problem(rng, probability, weighted, options, device)
     go = upstream(rng, P, options.reduction)
-    ours = _triton.linear_cross_entropy_rows(x, W, t, b, w, options, (True, True, True), go.float())
+    ours = _triton.linear_cross_entropy_rows(x, W, t, b, w, options, (True, True, True), go.float().to(device))
     _check(ours, _reference(x, W, b, t, w, options, go), rtol=5e-5, atol=5e-6)
 
 
-def test_several_feature_tiles_and_no_bias(interpret, rng, deterministic):
+def test_several_feature_tiles_and_no_bias(device, rng, deterministic):
     options = CEOptions(reduction="none", label_smoothing=0.1, softcap=4.0)
-    x, W, _, t, _ = _problem(rng, False, False, options, d=37)
-    go = upstream(rng, P, "none")
-    loss, gx, gw, gb = _triton.linear_cross_entropy_rows(x, W, t, None, None, options, (True, True, True), go.float())
+    x, W, _, t, _ = _problem(rng, False, False, options, device, d=37)
+    go = upstream(rng, P, "none").float().to(device)
+    loss, gx, gw, gb = _triton.linear_cross_entropy_rows(x, W, t, None, None, options, (True, True, True), go)
     assert gb is None
     ref = _reference(x, W, torch.zeros(V), t, None, options, go)
     _check((loss, gx, gw), ref[:3], rtol=5e-5, atol=5e-6)
 
 
 @pytest.mark.parametrize("want", [(True, False, False), (False, True, True), (False, False, False)], ids=str)
-def test_only_the_gradients_asked_for(interpret, rng, want):
+def test_only_the_gradients_asked_for(device, rng, want):
     options = CEOptions(z_loss=1e-2)
-    x, W, b, t, _ = _problem(rng, False, False, options)
+    x, W, b, t, _ = _problem(rng, False, False, options, device)
     got = _triton.linear_cross_entropy_rows(x, W, t, b, None, options, want)
     ref = _reference(x, W, b, t, None, options, torch.tensor(1.0))
     close(got[0], ref[0])
@@ -69,10 +69,10 @@ def test_only_the_gradients_asked_for(interpret, rng, want):
             close(g, r, rtol=5e-5, atol=5e-6)
 
 
-def test_deterministic_weight_gradient_is_reproducible(interpret, rng):
+def test_deterministic_weight_gradient_is_reproducible(device, rng):
     torch.use_deterministic_algorithms(True)
     try:
-        x, W, b, t, _ = _problem(rng, False, False, CEOptions())
+        x, W, b, t, _ = _problem(rng, False, False, CEOptions(), device)
         first = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
         again = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
     finally:
@@ -81,8 +81,8 @@ def test_deterministic_weight_gradient_is_reproducible(interpret, rng):
         assert torch.equal(a, r)
 
 
-def test_inputs_not_mutated(interpret, rng):
-    x, W, b, t, w = _problem(rng, True, True, CEOptions())
+def test_inputs_not_mutated(device, rng):
+    x, W, b, t, w = _problem(rng, True, True, CEOptions(), device)
     copies = [a.clone() for a in (x, W, b, t, w)]
     _triton.linear_cross_entropy_rows(x, W, t, b, w, CEOptions(label_smoothing=0.1), (True, True, True))
     for a, c in zip((x, W, b, t, w), copies, strict=True):
@@ -93,10 +93,10 @@ def test_inputs_not_mutated(interpret, rng):
     ("dtype", "tol"),
     [pytest.param(torch.bfloat16, 2**-8, id="bf16"), pytest.param(torch.float16, 2**-11, id="fp16")],
 )
-def test_low_precision_no_worse_than_torch(interpret, rng, dtype, tol):
+def test_low_precision_no_worse_than_torch(device, rng, dtype, tol):
     """Confident logits (scale 4): our error vs float64 at most torch's same-dtype error + tol."""
     options = CEOptions(reduction="sum", label_smoothing=0.1)
-    x, W, b, t, _ = _problem(rng, False, False, options, d=20, dtype=dtype, scale=4.0)
+    x, W, b, t, _ = _problem(rng, False, False, options, device, d=20, dtype=dtype, scale=4.0)
     ours = _triton.linear_cross_entropy_rows(x, W, t, b, None, options, (True, True, True))
     assert [a.dtype for a in ours] == [dtype] * 4
     ref = _reference(x, W, b, t, None, options, torch.tensor(1.0))

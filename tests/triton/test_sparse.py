@@ -1,4 +1,4 @@
-"""Sparse targets (`SparseTarget` of (P, K) rows) through the Triton kernels, in Triton's interpreter.
+"""Sparse targets (`SparseTarget` of (P, K) rows) through the Triton kernels (interpreted and on CUDA).
 
 Each result (loss, grad logits / grad_x, grad_W, grad_b) equals the dense scatter-added target's
 y[n, i_k] += v_k through the same kernels and the float64 reference, both on the kept positions
@@ -36,20 +36,20 @@ FEW = [
 ]
 
 
-def sparse_target(rng, classes: int) -> SparseTarget:
+def sparse_target(rng, classes: int, device="cpu") -> SparseTarget:
     """(P, K) rows with duplicates (entries 0 and 1 of row 0), padding, an all-padding row."""
     idx = torch.from_numpy(rng.integers(0, classes, (P, K)))
     idx[0, 1] = idx[0, 0]
     idx[1, 2] = -1
     idx[5, 0] = -7
     idx[IGNORED] = -1
-    return SparseTarget(idx, torch.from_numpy(rng.uniform(0.0, 1.0, (P, K))).float())
+    return SparseTarget(idx.to(device), torch.from_numpy(rng.uniform(0.0, 1.0, (P, K))).float().to(device))
 
 
 def dense(t: SparseTarget, classes: int) -> torch.Tensor:
     """The dense target: y[n, i_k] += v_k over the entries that are not padding."""
     keep = t.indices >= 0
-    y = torch.zeros(t.indices.shape[0], classes, dtype=t.values.dtype)
+    y = torch.zeros(t.indices.shape[0], classes, dtype=t.values.dtype, device=t.values.device)
     return y.scatter_add_(1, t.indices.clamp(min=0), torch.where(keep, t.values, 0.0))
 
 
@@ -60,7 +60,7 @@ def kept(t: SparseTarget) -> torch.Tensor:
 def _expand(ours_kept: torch.Tensor, k: torch.Tensor, rows: int) -> torch.Tensor:
     """Per-position results over the kept rows, zero-filled at the ignored ones."""
     out = ours_kept.new_zeros((rows, *ours_kept.shape[1:]))
-    out[k] = ours_kept
+    out[k.to(out.device)] = ours_kept
     return out
 
 
@@ -71,11 +71,11 @@ def _loss(ref_loss, options, k):
 # ----------------------------------------------------------------------------- logits given
 
 
-def _check_logits(rng, weighted, options):
-    z = torch.from_numpy(rng.normal(0.0, 3.0, (P, C))).float()
-    t = sparse_target(rng, C)
-    w = torch.from_numpy(rng.uniform(0.2, 2.0, C)).float() if weighted else None
-    go = upstream(rng, P, options.reduction)
+def _check_logits(rng, weighted, options, device):
+    z = torch.from_numpy(rng.normal(0.0, 3.0, (P, C))).float().to(device)
+    t = sparse_target(rng, C, device)
+    w = torch.from_numpy(rng.uniform(0.2, 2.0, C)).float().to(device) if weighted else None
+    go = upstream(rng, P, options.reduction).to(device)
     loss, grad = _triton.cross_entropy_rows(z, t, w, options, True, go.float())
     k = kept(t)
     y = dense(t, C)[k]
@@ -90,24 +90,24 @@ def _check_logits(rng, weighted, options):
 
 
 @pytest.mark.parametrize(("weighted", "options"), FEW)
-def test_logits_matches_dense_and_reference(interpret, rng, weighted, options):
-    _check_logits(rng, weighted, options)
+def test_logits_matches_dense_and_reference(device, rng, weighted, options):
+    _check_logits(rng, weighted, options, device)
 
 
 @pytest.mark.parametrize(("weighted", "options"), GRID)
-def test_logits_grid(interpret, rng, weighted, options):
-    _check_logits(rng, weighted, options)
+def test_logits_grid(device, rng, weighted, options):
+    _check_logits(rng, weighted, options, device)
 
 
-def test_no_entries_and_minus_inf_off_the_entries(interpret, rng):
-    z = torch.randn(3, 5)
-    t = SparseTarget(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0))
+def test_no_entries_and_minus_inf_off_the_entries(device, rng):
+    z = torch.randn(3, 5, device=device)
+    t = SparseTarget(torch.zeros(3, 0, dtype=torch.long, device=device), torch.zeros(3, 0, device=device))
     loss, grad = _triton.cross_entropy_rows(z, t, None, CEOptions(reduction="sum"), True)
     assert float(loss) == 0.0 and not grad.any()
     # a -inf logit on a class without an entry contributes nothing (as for a class index)
     z = torch.tensor([[0.0, float("-inf"), 1.0, 2.0]])
-    t = SparseTarget(torch.tensor([[0, 3, -1]]), torch.tensor([[0.25, 0.75, 0.5]]))
-    loss, grad = _triton.cross_entropy_rows(z, t, None, CEOptions(), True)
+    t = SparseTarget(torch.tensor([[0, 3, -1]], device=device), torch.tensor([[0.25, 0.75, 0.5]], device=device))
+    loss, grad = _triton.cross_entropy_rows(z.to(device), t, None, CEOptions(), True)
     zz = z.double().requires_grad_()
     ref = -(0.25 * zz.log_softmax(1)[0, 0] + 0.75 * zz.log_softmax(1)[0, 3])
     ref.backward()
@@ -118,20 +118,20 @@ def test_no_entries_and_minus_inf_off_the_entries(interpret, rng):
 # ----------------------------------------------------------------------------- fused linear head
 
 
-def _check_linear(rng, weighted, options):
-    x = torch.from_numpy(rng.normal(0.0, 1.0, (P, D))).float()
-    W = torch.from_numpy(rng.normal(0.0, 1.0, (V, D))).float()
-    b = torch.from_numpy(rng.normal(0.0, 0.5, V)).float()
-    t = sparse_target(rng, V)
-    w = torch.from_numpy(rng.uniform(0.2, 2.0, V)).float() if weighted else None
-    go = upstream(rng, P, options.reduction)
+def _check_linear(rng, weighted, options, device):
+    x = torch.from_numpy(rng.normal(0.0, 1.0, (P, D))).float().to(device)
+    W = torch.from_numpy(rng.normal(0.0, 1.0, (V, D))).float().to(device)
+    b = torch.from_numpy(rng.normal(0.0, 0.5, V)).float().to(device)
+    t = sparse_target(rng, V, device)
+    w = torch.from_numpy(rng.uniform(0.2, 2.0, V)).float().to(device) if weighted else None
+    go = upstream(rng, P, options.reduction).to(device)
     ours = _triton.linear_cross_entropy_rows(x, W, t, b, w, options, (True, True, True), go.float())
     k = kept(t)
     y = dense(t, V)[k]
     go_k = go[k] if options.reduction == "none" else go
-    xd, Wd, bd = x.double(), W.double(), b.double()
-    ref_loss, G = reference(xd[k] @ Wd.T + bd, y, w, options, go_k)
-    ref = (_loss(ref_loss, options, k), _expand(G @ Wd, k, P), G.T @ xd[k], G.sum(dim=0))
+    xd, Wd, bd = (a.cpu().double() for a in (x, W, b))
+    ref_loss, G = reference(xd[k.cpu()] @ Wd.T + bd, y, w, options, go_k)
+    ref = (_loss(ref_loss, options, k), _expand(G @ Wd, k, P), G.T @ xd[k.cpu()], G.sum(dim=0))
     d = _triton.linear_cross_entropy_rows(x[k], W, y.float(), b, w, options, (True, True, True), go_k.float())
     through_dense = (_loss(d[0], options, k), _expand(d[1], k, P), d[2], d[3])
     for a, r, dd in zip(ours, ref, through_dense, strict=True):
@@ -141,29 +141,29 @@ def _check_linear(rng, weighted, options):
 
 
 @pytest.mark.parametrize(("weighted", "options"), FEW)
-def test_linear_matches_dense_and_reference(interpret, rng, deterministic, weighted, options):
-    _check_linear(rng, weighted, options)
+def test_linear_matches_dense_and_reference(device, rng, deterministic, weighted, options):
+    _check_linear(rng, weighted, options, device)
 
 
 @pytest.mark.parametrize(("weighted", "options"), GRID)
-def test_linear_grid(interpret, rng, deterministic, weighted, options):
-    _check_linear(rng, weighted, options)
+def test_linear_grid(device, rng, deterministic, weighted, options):
+    _check_linear(rng, weighted, options, device)
 
 
 # ----------------------------------------------------------------------------- front ends
 
 
-def test_backend_triton_takes_sparse_targets(interpret, rng, monkeypatch):
+def test_backend_triton_takes_sparse_targets(device, rng, monkeypatch):
     """backend="triton" runs the kernels for a SparseTarget (the values' gradient on the torch path):
     the loss and every gradient equal backend="torch"'s."""
     calls = []
     for name in ("cross_entropy_rows", "linear_cross_entropy_rows"):
         real = getattr(_triton, name)
         monkeypatch.setattr(_triton, name, lambda *a, _r=real, _n=name, **kw: calls.append(_n) or _r(*a, **kw))
-    t = sparse_target(rng, C)
+    t = sparse_target(rng, C, device)
     opts = {"label_smoothing": 0.1, "z_loss": 1e-2}
-    z0 = torch.from_numpy(rng.normal(0.0, 2.0, (P, C))).float()
-    x0, W0 = torch.randn(P, D, dtype=torch.float32), torch.randn(C, D, dtype=torch.float32)
+    z0 = torch.from_numpy(rng.normal(0.0, 2.0, (P, C))).float().to(device)
+    x0, W0 = torch.randn(P, D, device=device), torch.randn(C, D, device=device)
     results = {}
     for backend in ("triton", "torch"):
         z, x, W = (a.clone().requires_grad_() for a in (z0, x0, W0))

@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.nn import LinearCrossEntropyOptions
 
 from .._options import CEOptions, OptionError
 from .._sparse import SparseTarget
 from .._validation import BatchSizeError, Layout, check_layout
 from . import _dtypes, _linear_ops, _ops, _sparse_targets, _triton
+
+if TYPE_CHECKING:  # an annotation only: the chunked path is always used, whatever `options` holds
+    from torch.nn import LinearCrossEntropyOptions
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 

@@ -27,9 +27,9 @@ Kernels (all programs own disjoint outputs except `_lce_backward_rows` with ATOM
 - `_lce_forward`: z = x W^T + b tile by tile with tl.dot, never stored; per row loss, lse, alpha.
 - `_lce_backward_rows`: per block of rows, recompute each z tile, form G, grad_x += G W
   (the block's rows are its own: no atomics); with ATOMIC_DW also grad_W += G^T x, grad_b += sum G
-  with atomic adds (fast, not deterministic).
+  with atomic adds (the launcher asks for them only where one block holds every row).
 - `_lce_backward_cols`: per block of classes, recompute z over all rows, grad_W += G^T x and
-  grad_b += sum G without atomics (deterministic; used under torch.use_deterministic_algorithms).
+  grad_b += sum G without atomics (deterministic; the launcher's choice wherever rows span blocks).
 
 Their arguments travel in the named tuples below, which the helpers take whole: the target as a `Target`,
 the options read at run time as an `Options`, the compile-time switches as F (`Flags`) and, in the fused
@@ -282,12 +282,13 @@ def _load_rows(ptr, rows64, ds, rmask, dmask, D, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _dot_into(acc_ptr, rows64, ds, rmask, dmask, D, a, b, PRECISION: tl.constexpr):
-    """acc[rows, ds] += a @ b, acc a row-major float32 (., D) matrix whose (rows, ds) tile this program owns."""
+def _dot_into(acc_ptr, rows64, ds, rmask, dmask, D, a, b, H: tl.constexpr):
+    """acc[rows, ds] += a @ b, acc a row-major float32 (., D) matrix whose (rows, ds) tile this program owns.
+    Takes the Head H, not its PRECISION string: Triton before 3.9 cannot pass a str to a jit function."""
     ptrs = acc_ptr + rows64[:, None] * D + ds[None, :]
     mask = rmask[:, None] & dmask[None, :]
     acc = tl.load(ptrs, mask=mask, other=0.0)
-    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    acc = tl.dot(a, b, acc, input_precision=H.PRECISION)
     tl.store(ptrs, acc, mask=mask)
 
 
@@ -406,7 +407,7 @@ def _lce_backward_rows(
             ds, dmask, _ = _block(d0, D, H.BLOCK_D)
             if WANT_DX:
                 wt = _load_rows(W_ptr, cols64, ds, cmask, dmask, D, H.UPCAST)
-                _dot_into(gx_ptr, rows64, ds, rmask, dmask, D, g, wt, H.PRECISION)  # grad_x += G W   (BLOCK_P, BLOCK_D)
+                _dot_into(gx_ptr, rows64, ds, rmask, dmask, D, g, wt, H)  # grad_x += G W   (BLOCK_P, BLOCK_D)
             if ATOMIC_DW:
                 xt = _load_rows(x_ptr, rows64, ds, rmask, dmask, D, H.UPCAST)
                 part = tl.dot(tl.trans(g), xt, input_precision=H.PRECISION)  # G^T x   (BLOCK_V, BLOCK_D)
@@ -438,6 +439,6 @@ def _lce_backward_cols(
             for d0 in range(0, D, H.BLOCK_D):
                 ds, dmask, _ = _block(d0, D, H.BLOCK_D)
                 xt = _load_rows(x_ptr, rows64, ds, rmask, dmask, D, H.UPCAST)
-                _dot_into(gw_ptr, cols64, ds, cmask, dmask, D, tl.trans(g), xt, H.PRECISION)  # grad_W += G^T x
+                _dot_into(gw_ptr, cols64, ds, cmask, dmask, D, tl.trans(g), xt, H)  # grad_W += G^T x
     if WANT_DB:
         tl.store(gb_ptr + cols, gb, mask=cmask)

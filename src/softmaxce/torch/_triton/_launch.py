@@ -228,8 +228,7 @@ def linear_cross_entropy_rows(
     (grad_x, grad_W, grad_b) asks, its gradients for the upstream gradient `grad_output` (None: 1),
     without ever writing the (P, V) logits: x (P, D), W (V, D), bias (V,) or None, target (P,),
     (P, V) or a `SparseTarget` of (P, K) rows (validated by the caller). Returns (loss, grad_x,
-    grad_W, grad_b); a gradient not asked for is None. Deterministic weight gradients under
-    torch.use_deterministic_algorithms(True).
+    grad_W, grad_b); a gradient not asked for is None. Every result is reproducible run to run.
     """
     dtype = torch.promote_types(x.dtype, W.dtype)
     check(x.device, dtype)
@@ -266,9 +265,15 @@ def linear_cross_entropy_rows(
 
         launch(kernels._lce_forward, "forward", loss, lse, alpha)
         if need:
-            deterministic = torch.are_deterministic_algorithms_enabled()
-            atomic_w = gw is not None and not deterministic
-            atomic_b = gb is not None and not deterministic
+            # grad_W and grad_b by atomic adds in the rows kernel only where one block holds every row
+            # (each element then receives one add: no contention, reproducible) and determinism is not
+            # asked; otherwise by the class-tiled kernel, which recomputes the logits once more but
+            # adds nothing atomically (on an H200, Llama-3 8B's head, 8192 x 4096 x 128256 bf16: 605 ms
+            # against 666 ms with the atomic adds of 128 row blocks).
+            one_block = P <= _blocks("rows", interpret)[0]
+            atomic = one_block and not torch.are_deterministic_algorithms_enabled()
+            atomic_w = gw is not None and atomic
+            atomic_b = gb is not None and atomic
             saved = (lse, alpha, coef, coef.stride(0))
             if gx is not None or atomic_w or atomic_b:
                 launch(
@@ -276,7 +281,7 @@ def linear_cross_entropy_rows(
                     gx if gx is not None else dummy, gw if gw is not None else dummy, gb if gb is not None else dummy,
                     WANT_DX=gx is not None, ATOMIC_DW=atomic_w, ATOMIC_DB=atomic_b,
                 )  # fmt: skip
-            if deterministic and (gw is not None or gb is not None):
+            if not atomic and (gw is not None or gb is not None):
                 launch(
                     kernels._lce_backward_cols, "cols", *saved,
                     gw if gw is not None else dummy, gb if gb is not None else dummy,
