@@ -15,6 +15,7 @@ from . import _axis1, _half, _kernels, _resources, _small, _sparse_rows, _thread
 from ._options import CEOptions
 from ._results import CrossEntropyResult
 from ._sparse import SparseRows, SparseTarget, is_sparse_target, sparse_rows
+from ._streamed import streams
 from ._validation import (
     Layout,
     LogitsDtypeError,
@@ -196,7 +197,11 @@ def run_rows(
     # Small problems run serially: waking the thread pool costs more than their work (which per logit
     # is larger for the few-class and class-axis-1 kernels: they go parallel sooner)
     few = not probability and half is None and not isinstance(target, SparseRows)
-    few = few and (axis1 or _small.small_classes(logits.dtype, P, logits.shape[1]))
+    if few and not axis1:
+        C = logits.shape[1]
+        eps, cap = options.label_smoothing, options.softcap or 0.0
+        streamed = streams(logits.dtype, P, C, weight.shape[0] == C, eps, cap, want_stats)
+        few = _small.small_classes(logits.dtype, P, C, streamed)
     parallel = logits.size >= (_small.PARALLEL_MIN_SIZE if few else PARALLEL_MIN_SIZE) and _threads.parallel_allowed()
     with _threads.kernel_region(parallel):
         if half is not None:

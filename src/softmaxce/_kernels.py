@@ -28,14 +28,16 @@ __all__ = ["check_targets", "index_rows", "probability_rows"]
 def index_rows(
     parallel: bool, z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy
 ) -> None:
-    """Class-index targets: the few-classes kernel (`_small`, C <= 128), the streamed pipeline where it
-    applies (`_streamed.streams`), else the general row kernel; on the thread pool if `parallel`."""
+    """Class-index targets: the few-classes kernel (`_small`, C <= 128; below 32 classes where the
+    streamed path applies), the streamed pipeline where it applies (`_streamed.streams`), else the
+    general row kernel; on the thread pool if `parallel`."""
     P, C = z.shape
     ii = ignore_index
-    if small_classes(z.dtype, P, C):  # a few classes: rows across the vector lanes
+    streamed = streams(z.dtype, P, C, weight.shape[0] == C, eps, cap, entropy.shape[0] == P)
+    if small_classes(z.dtype, P, C, streamed):  # a few classes: rows across the vector lanes
         index_rows_small(parallel, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)
         return
-    if streams(z.dtype, P, C, weight.shape[0] == C, eps, cap, entropy.shape[0] == P):
+    if streamed:
         run = index_rows_streamed if parallel else index_rows_streamed_serial
         run(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse)
         return

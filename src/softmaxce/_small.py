@@ -1,4 +1,5 @@
-"""Few classes (C <= SMALL_MAX_C): many positions per SIMD vector, for class-index targets.
+"""Few classes (C <= SMALL_MAX_C; float32 rows the streamed path takes only below STREAMED_FROM_C): many
+positions per SIMD vector, for class-index targets.
 
 At C = 10 a row is shorter than one vector, so the row kernels of `_rows.py` spend their time on
 per-row overhead. Here the math of `_rows.index_row` (the formulas are in `_rows.py`'s docstring)
@@ -43,6 +44,7 @@ from ._transpose import columns_to_rows, rows_to_columns
 __all__ = [
     "PARALLEL_MIN_SIZE",
     "SMALL_MAX_C",
+    "STREAMED_FROM_C",
     "block_positions",
     "block_task",
     "chunk_logits",
@@ -53,7 +55,11 @@ __all__ = [
     "small_classes",
 ]
 
-SMALL_MAX_C = 128  # class counts up to this take `index_rows_small` (the streamed path is faster above)
+SMALL_MAX_C = 128  # class counts up to this may take `index_rows_small` (the general row kernel is slower)
+# From this many classes, float32 problems that the streamed path takes (`_streamed.streams`) go there:
+# its resident kernel is faster (2 threads, 2**25 logits: C = 32: 15 ms against 50; 47: 22 against 24;
+# 100: 9.3 against 21; 128: 7.4 against 33); below it the few-class kernel is (C = 31: 23 against 31)
+STREAMED_FROM_C = 32
 CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of work) ...
 CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
 PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is
@@ -62,8 +68,11 @@ BLOCK_LOGITS = 16384  # about this many logits per column block (its scratch sta
 BLOCK_MAX_R = 2048  # ... and at most this many positions: fewer, longer blocks pay less per-block overhead
 
 
-def small_classes(dtype: np.dtype, P: int, C: int) -> bool:
-    """Whether a class-index problem of (P, C) logits takes `index_rows_small`."""
+def small_classes(dtype: np.dtype, P: int, C: int, streamed: bool = False) -> bool:
+    """Whether a class-index problem of (P, C) logits takes `index_rows_small`; `streamed`: whether the
+    streamed path would take it (then only below STREAMED_FROM_C classes)."""
+    if streamed and C >= STREAMED_FROM_C:
+        return False
     return dtype in (np.float32, np.float64) and P > 0 and 0 < C <= SMALL_MAX_C
 
 

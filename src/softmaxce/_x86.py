@@ -22,7 +22,17 @@ from numba.extending import intrinsic
 from ._bits import emit_prefetch
 from ._rows import EXP_LO, LN2, ROUND_MAGIC
 
-__all__ = ["AVX2_FMA", "LANES", "avx2_fma", "exp16_store", "exp16_sum", "max16", "store_fence", "stream_scaled"]
+__all__ = [
+    "AVX2_FMA",
+    "LANES",
+    "avx2_fma",
+    "exp16_store",
+    "exp16_sum",
+    "max16",
+    "store_fence",
+    "stream_scaled",
+    "sum16",
+]
 
 
 def avx2_fma(triple: str, features: dict, cpu_name: str | None) -> bool:
@@ -222,6 +232,39 @@ def _make_exp16(store):
 
 exp16_store = _make_exp16(True)
 exp16_sum = _make_exp16(False)
+
+
+@intrinsic
+def sum16(typingctx, row, j0, n16):
+    """sum of row[j0 : j0 + 16 n16] in float64: two 8-lane float64 accumulators (each 8 entries widened),
+    added in a fixed order, so the result does not depend on the caller or its optimization."""
+    if not (AVX2_FMA and isinstance(row, types.Array) and row.dtype == types.float32):
+        return None
+    sig = types.float64(row, j0, n16)
+
+    def codegen(context, builder, signature, args):
+        f32, f64, i32 = ir.FloatType(), ir.DoubleType(), ir.IntType(32)
+        v8f, v8d = ir.VectorType(f32, 8), ir.VectorType(f64, 8)
+        zdata = context.make_array(signature.args[0])(context, builder, args[0]).data
+        start = context.cast(builder, args[1], signature.args[1], types.int64)
+        count = context.cast(builder, args[2], signature.args[2], types.int64)
+
+        def body(j, accs):
+            out = []
+            for h in range(2):
+                jh = builder.add(j, ir.Constant(ir.IntType(64), 8 * h))
+                z = builder.load(builder.bitcast(builder.gep(zdata, [jh]), v8f.as_pointer()), align=4)
+                out.append(builder.fadd(accs[h], builder.fpext(z, v8d)))
+            return out
+
+        a0, a1 = _vector_loop(builder, start, count, 2, ir.Constant(v8d, [0.0] * 8), body)
+        acc = builder.fadd(a0, a1)
+        s4 = builder.fadd(_lanes(builder, acc, [0, 1, 2, 3]), _lanes(builder, acc, [4, 5, 6, 7]))
+        s2 = builder.fadd(_lanes(builder, s4, [0, 1]), _lanes(builder, s4, [2, 3]))
+        lane0, lane1 = (builder.extract_element(s2, ir.Constant(i32, k)) for k in (0, 1))
+        return builder.fadd(lane0, lane1)
+
+    return sig, codegen
 
 
 @intrinsic

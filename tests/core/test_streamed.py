@@ -1,8 +1,15 @@
-"""The streamed float32 path (class-index targets, no softcap/statistics): long rows in several blocks,
-the gradient of one row written during the next row's first pass, chunk boundaries, special rows in
-the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2 block loops."""
+"""The streamed float32 path (class-index targets, no softcap/statistics): rows kept in L1, long rows in
+several blocks, the gradient of one row written during the next row's first pass, chunk boundaries,
+special rows in the middle of a chunk, unaligned and in-place gradients, and the hand-written AVX2
+block loops."""
 
 from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,10 +17,20 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import softmaxce
 from reference import reference_cross_entropy
-from softmaxce import _x86, cross_entropy_and_grad
+from softmaxce import _small, _streamed, _x86, cross_entropy_and_grad
 
-# C values: one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, several blocks with a tail
-SIZES = [1024, 1051, 4099]
+# C values: rows kept in L1 (`_resident_rows`, from STREAMED_FROM_C = 32 (below it the few-class kernel
+# takes float32 rows) up to RESIDENT_MAX_C = 2048: two vectors of 16, a tail of 15, a tail of 4, a tail
+# of 1 past 8 vectors, one block exactly, a tail of 16 plus 8 lanes plus 3 scalars, two blocks) and
+# streamed rows (just past RESIDENT_MAX_C, several blocks with a tail)
+SIZES = [32, 47, 100, 129, 1024, 1051, 2048, 2049, 4099]
+
+
+def test_sizes_cover_both_kernels():
+    assert min(SIZES) == _small.STREAMED_FROM_C and {C <= _streamed.RESIDENT_MAX_C for C in SIZES} == {True, False}
+    f32 = np.dtype(np.float32)
+    assert _small.small_classes(f32, 10, 31, streamed=True) and not _small.small_classes(f32, 10, 32, streamed=True)
+    assert _small.small_classes(f32, 10, 100, streamed=False)  # softcap, statistics: the few-class kernel
 
 
 def _problem(rng, P, C, scale=4.0):
@@ -85,6 +102,47 @@ def test_streamed_one_and_two_threads_bit_identical(rng, C):
         softmaxce.set_num_threads(before)
     assert_array_equal(one[0], two[0])
     assert_array_equal(one[1], two[1])
+
+
+_CACHE_SCRIPT = r"""
+import json, sys
+import numpy as np
+import softmaxce
+from softmaxce import _streamed
+
+rng = np.random.default_rng(20240611)
+z = (4.0 * rng.standard_normal((300, 1051))).astype(np.float32)
+y = rng.integers(0, 1051, 300)
+out = {}
+for n in [int(a) for a in sys.argv[1:]]:
+    softmaxce.set_num_threads(n)
+    loss, grad = softmaxce.cross_entropy_and_grad(z, y, reduction="none")
+    out[n] = grad.tobytes().hex()
+hits = {name: sum(getattr(_streamed, name).stats.cache_hits.values())
+        for name in ("index_rows_streamed", "index_rows_streamed_serial")}
+print(json.dumps({"same": len(set(out.values())) == 1, "hits": hits}))
+"""
+
+
+def test_cached_and_freshly_compiled_drivers_agree(tmp_path):
+    """One process fills an empty cache with the parallel driver; a second loads it from there and
+    compiles the serial one: 1 and 2 threads still give the same bits. (The resident kernel once
+    inherited the drivers' fast-math flags, and its copy in the cached driver summed some rows in
+    another order: 1 ulp apart on a row, in a cold-cache run of the whole suite only.)"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
+    env["PYTHONPATH"] = str(pathlib.Path(softmaxce.__file__).parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+
+    def run(*threads):
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_SCRIPT, *threads], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    run("2")  # compiles the parallel driver into the empty cache
+    second = run("1", "2")
+    assert second["hits"] == {"index_rows_streamed": 1, "index_rows_streamed_serial": 0}  # the mixed state
+    assert second["same"]
 
 
 @pytest.mark.parametrize("C", SIZES)
