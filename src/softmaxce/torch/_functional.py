@@ -259,7 +259,10 @@ def linear_cross_entropy(
         label_smoothing: eps in [0, 1].
         options: a torch.nn.LinearCrossEntropyOptions or None; the chunked path is always used, and
             its batch_chunk_size, when set, is the number of rows per chunk.
-        z_loss, softcap, backend: as in `cross_entropy`.
+        z_loss, softcap: as in `cross_entropy`.
+        backend: as in `cross_entropy`, except that None never picks the Triton kernels: CUDA tensors
+            take the chunked torch path (cuBLAS products), as the fused Triton head is not yet faster
+            on a GPU (README, "GPU"); backend="triton" still runs it.
 
     Example:
         >>> import torch, softmaxce.torch as sce

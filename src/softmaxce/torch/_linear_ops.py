@@ -2,8 +2,10 @@
 backward), with fake kernels and autograd: cross_entropy(x @ W.T + b, target) on rows, never holding
 all P x V logits. The dispatch, the autograd design and the helpers are those of `_ops.py` (read its
 docstring): float32/float64 CPU tensors on the NumPy engine's chunked head (`softmaxce._fused`, its
-three products on torch's BLAS through `_products.TorchProducts`), CUDA tensors on the Triton kernels,
-anything else on `_chunked.linear_ce_rows`; the forward computes (grad_x, grad_W, grad_b) with
+three products on torch's BLAS through `_products.TorchProducts`), anything else on
+`_chunked.linear_ce_rows` (CUDA tensors too: its products are cuBLAS's), the Triton kernels only
+with backend="triton" (on an H200 they took 12x torch eager's time at Llama-3 8B's head shape; see
+README "GPU"); the forward computes (grad_x, grad_W, grad_b) with
 upstream gradient 1 and the backward scales them in place; create_graph=True and torch.func take the
 composite path.
 """
@@ -38,7 +40,6 @@ from ._ops import (
     _target,
     _target_coef,
     _target_grad,
-    _use_triton,
     _values_coef,
 )
 from ._products import TorchProducts
@@ -89,7 +90,8 @@ def _lce_chunked(
 def _lce_impl(x, W, bias, problem, chunk_size, want, grad_output, backend) -> _LinearResult:
     """(loss, grad_x, grad_W, grad_b), a gradient None where not wanted, on the backend for these
     tensors (`_ops.py`'s dispatch)."""
-    if _use_triton(backend, x):
+    if backend == "triton":  # asked for by name only: not yet faster than the chunked path on a GPU
+        _triton.check(x.device, x.dtype)
         target, weight, opts = problem
         return _triton.linear_cross_entropy_rows(x, W, target, bias, weight, opts, want, grad_output)
     if _numpy_path(x) and x.dtype == W.dtype and backend != "torch":

@@ -7,7 +7,8 @@ front ends (`_functional.py`) validate and reshape. Each op dispatches on the da
 - float32 / float64 CPU tensors: the NumPy engine (softmaxce._engine, and softmaxce._fused for the
   fused head) on zero-copy `tensor.numpy()` views;
 - CUDA tensors (and, with backend="triton", any tensors Triton can run, e.g. CPU tensors under
-  TRITON_INTERPRET=1): the Triton kernels of `_triton/`;
+  TRITON_INTERPRET=1): the Triton kernels of `_triton/`; the fused head only with backend="triton"
+  (`_linear_ops.py`: on CUDA it takes `_chunked.py` by default);
 - anything else (float16 / bfloat16 CPU, other devices, backend="torch"): `_chunked.py`, the same
   algorithm in torch operations with float32 accumulation.
 
