@@ -161,6 +161,17 @@ def _lanes(builder, v, idx):
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, len(idx)), idx))
 
 
+def _sum_lanes(builder, a0, a1):
+    """The sum of two 8-lane accumulators in a fixed order (lane by lane, then halves, quarters, the
+    last two lanes), so that it does not depend on the caller or its optimization."""
+    i32 = ir.IntType(32)
+    acc = builder.fadd(a0, a1)
+    s4 = builder.fadd(_lanes(builder, acc, [0, 1, 2, 3]), _lanes(builder, acc, [4, 5, 6, 7]))
+    s2 = builder.fadd(_lanes(builder, s4, [0, 1]), _lanes(builder, s4, [2, 3]))
+    lane0, lane1 = (builder.extract_element(s2, ir.Constant(i32, k)) for k in (0, 1))
+    return builder.fadd(lane0, lane1)
+
+
 def _make_exp16(store):
     @intrinsic
     def exp16(typingctx, row, e, j0, n16, mb):
@@ -219,11 +230,7 @@ def _make_exp16(store):
                 return out
 
             a0, a1 = _vector_loop(builder, start, count, 2, ir.Constant(v8f, [0.0] * 8), body)
-            acc = builder.fadd(a0, a1)
-            s4 = builder.fadd(_lanes(builder, acc, [0, 1, 2, 3]), _lanes(builder, acc, [4, 5, 6, 7]))
-            s2 = builder.fadd(_lanes(builder, s4, [0, 1]), _lanes(builder, s4, [2, 3]))
-            lane0, lane1 = (builder.extract_element(s2, ir.Constant(i32, k)) for k in (0, 1))
-            return builder.fadd(lane0, lane1)
+            return _sum_lanes(builder, a0, a1)
 
         return sig, codegen
 
@@ -237,13 +244,13 @@ exp16_sum = _make_exp16(False)
 @intrinsic
 def sum16(typingctx, row, j0, n16):
     """sum of row[j0 : j0 + 16 n16] in float64: two 8-lane float64 accumulators (each 8 entries widened),
-    added in a fixed order, so the result does not depend on the caller or its optimization."""
+    added by `_sum_lanes`."""
     if not (AVX2_FMA and isinstance(row, types.Array) and row.dtype == types.float32):
         return None
     sig = types.float64(row, j0, n16)
 
     def codegen(context, builder, signature, args):
-        f32, f64, i32 = ir.FloatType(), ir.DoubleType(), ir.IntType(32)
+        f32, f64 = ir.FloatType(), ir.DoubleType()
         v8f, v8d = ir.VectorType(f32, 8), ir.VectorType(f64, 8)
         zdata = context.make_array(signature.args[0])(context, builder, args[0]).data
         start = context.cast(builder, args[1], signature.args[1], types.int64)
@@ -258,11 +265,7 @@ def sum16(typingctx, row, j0, n16):
             return out
 
         a0, a1 = _vector_loop(builder, start, count, 2, ir.Constant(v8d, [0.0] * 8), body)
-        acc = builder.fadd(a0, a1)
-        s4 = builder.fadd(_lanes(builder, acc, [0, 1, 2, 3]), _lanes(builder, acc, [4, 5, 6, 7]))
-        s2 = builder.fadd(_lanes(builder, s4, [0, 1]), _lanes(builder, s4, [2, 3]))
-        lane0, lane1 = (builder.extract_element(s2, ir.Constant(i32, k)) for k in (0, 1))
-        return builder.fadd(lane0, lane1)
+        return _sum_lanes(builder, a0, a1)
 
     return sig, codegen
 
