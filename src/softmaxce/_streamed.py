@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bits import JIT, address, float_from_sortable, prefetch, sortable_bits
-from ._rows import BLOCK, block_exp, coef_at, row_max, weight_sum
+from ._rows import BLOCK, block_exp, coef_at, index_alpha, index_loss, row_max, weight_sum
 from ._x86 import AVX2_FMA, LANES, exp16_store, exp16_sum, max16, store_fence, stream_scaled, sum16
 
 __all__ = ["index_rows_streamed", "index_rows_streamed_serial", "streams"]
@@ -234,15 +234,11 @@ def _streamed_rows(
             continue
         l_se = m + math.log(s)
         lse[n] = l_se
-        # l_n = (1 - eps) w_y (lse - z_y) + (eps / C) sum_c (lse - z_c) + w_y lam lse^2
-        ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
-        if smooth > 0.0:  # sum_c (lse - z_c) >= 0: the max removes rounding noise (unweighted here)
-            ll += smooth * max(wsum * l_se - wz, 0.0)
-        loss[n] = ll
+        loss[n] = index_loss(l_se, zy, w_y, wz, wsum, True, eps, smooth, lam)  # unweighted when smoothing
         if want_grad:
             k = coef_at(coef, n)
             # dz_j = k * (alpha * a_j - beta_j),  a_j = e_j exp(m_b - m) / s
-            alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
+            alpha = index_alpha(l_se, w_y, wsum, eps, smooth, lam)
             prev, pn, pm = True, n, m
             pscale = k * alpha / s
             pbeta = k * smooth
@@ -345,15 +341,11 @@ def _resident_rows(n0, n1, z, target, weight, wsum, eps, lam, ignore_index, coef
         l_se = m + math.log(s)
         lse[n] = l_se
         w_y = weight[y] if weighted else 1.0
-        ll = (1.0 - eps) * w_y * (l_se - zy) + w_y * lam * l_se * l_se
-        if smooth > 0.0:  # sum_c (lse - z_c) >= 0: the max removes rounding noise (unweighted here)
-            ll += smooth * max(wsum * l_se - wz, 0.0)
-        loss[n] = ll
+        loss[n] = index_loss(l_se, zy, w_y, wz, wsum, True, eps, smooth, lam)  # unweighted when smoothing
         if want_grad:
             g = grad[n]
             k = coef_at(coef, n)
-            alpha = (1.0 - eps) * w_y + smooth * wsum + 2.0 * lam * w_y * l_se
-            scale = g.dtype.type(exact_div(k * alpha, s))
+            scale = g.dtype.type(k * index_alpha(l_se, w_y, wsum, eps, smooth, lam) / s)
             beta = g.dtype.type(k * smooth)
             gy = g[y] * scale - beta - g.dtype.type(k * (1.0 - eps) * w_y)
             for j in range(C):
@@ -381,14 +373,6 @@ def _row_sum(row):
     for j in range(C - C % 8, C):
         total += row[j]
     return total
-
-
-@njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
-def exact_div(a, b):
-    """a / b rounded once, as IEEE says: compiled without fast-math flags (set explicitly, else numba
-    would inherit the caller's), so LLVM cannot turn it into a times an approximate 1 / b in some
-    callers and not in others."""
-    return a / b
 
 
 RESIDENT_MAX_C = 2048  # rows up to this many classes take `_resident_rows` (8 KiB of float32)
