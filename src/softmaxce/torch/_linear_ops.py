@@ -40,6 +40,7 @@ from ._ops import (
     _target,
     _target_coef,
     _target_grad,
+    _use_triton,
     _values_coef,
 )
 from ._products import TorchProducts
@@ -90,8 +91,7 @@ def _lce_chunked(
 def _lce_impl(x, W, bias, problem, chunk_size, want, grad_output, backend) -> _LinearResult:
     """(loss, grad_x, grad_W, grad_b), a gradient None where not wanted, on the backend for these
     tensors (`_ops.py`'s dispatch)."""
-    if backend == "triton":  # asked for by name only: not yet faster than the chunked path on a GPU
-        _triton.check(x.device, x.dtype)
+    if _use_triton(backend, x, automatic=False):  # by name only: not yet faster than the chunked path
         target, weight, opts = problem
         return _triton.linear_cross_entropy_rows(x, W, target, bias, weight, opts, want, grad_output)
     if _numpy_path(x) and x.dtype == W.dtype and backend != "torch":

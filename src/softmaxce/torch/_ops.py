@@ -63,13 +63,14 @@ def _numpy_path(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-def _use_triton(backend: str, t: Tensor) -> bool:
+def _use_triton(backend: str, t: Tensor, automatic: bool = True) -> bool:
     """backend "triton": the Triton kernels (an error if they cannot run t); "" (automatic): they run
-    CUDA tensors they support; "torch": never."""
+    CUDA tensors they support, unless `automatic` is False (the fused head: `_linear_ops.py`);
+    "torch": never."""
     if backend == "triton":
         _triton.check(t.device, t.dtype)
         return True
-    return backend == "" and t.device.type == "cuda" and _triton.available(t.device, t.dtype)
+    return automatic and backend == "" and t.device.type == "cuda" and _triton.available(t.device, t.dtype)
 
 
 def _traced(*tensors: Tensor | None) -> bool:
