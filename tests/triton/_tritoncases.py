@@ -9,6 +9,7 @@ import torch
 
 from reference import reference_cross_entropy
 from softmaxce import CEOptions
+from softmaxce.torch import _triton
 
 IGNORED = (2, 5)  # positions whose class-index target is ignore_index
 
@@ -87,3 +88,16 @@ def rel_err(ours, ref):
     """max |ours - ref| / max(1, max |ref|), in float64."""
     ours, ref = ours.cpu().double(), ref.cpu().double()
     return float((ours - ref).abs().max() / max(1.0, float(ref.abs().max())))
+
+
+def assert_head_reproducible(x, W, t, b):
+    """The fused head run twice under torch.use_deterministic_algorithms(True) gives the same bits."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
+        again = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, r in zip(first, again, strict=True):
+        assert torch.equal(a, r)

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from _tritoncases import close, reference, rel_err
+from _tritoncases import assert_head_reproducible, close, reference, rel_err
 
 from softmaxce import CEOptions
 from softmaxce.torch import _triton
@@ -114,15 +114,7 @@ def test_fused_head_deterministic_is_bitwise_reproducible():
     gen = torch.Generator(device="cuda").manual_seed(8)
     P, D, V = 515, 256, 50257
     x, W, b = _head(gen, P, D, V, torch.bfloat16)
-    t = _targets(gen, P, V, False)
-    torch.use_deterministic_algorithms(True)
-    try:
-        first = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
-        again = _triton.linear_cross_entropy_rows(x, W, t, b, None, CEOptions(), (True, True, True))
-    finally:
-        torch.use_deterministic_algorithms(False)
-    for a, r in zip(first, again, strict=True):
-        assert torch.equal(a, r)
+    assert_head_reproducible(x, W, _targets(gen, P, V, False), b)
 
 
 @pytest.mark.parametrize("V", [50257, 128256])
