@@ -272,13 +272,20 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     m, bad = ws[3][0], ws[7]
+    if not want_grad:  # the loop always writes a gradient (a branch in it kept LLVM from vectorizing one
+        grad, go, gs = ws[1], 0, R  # of its copies): without one wanted, into this thread's scratch
     Ru, so, ss, p0, go, gs = _u(R), _u(so), _u(ss), _u(p0), _u(go), _u(gs)
     # one loop for one upstream coefficient, one for a coefficient per position: a loop choosing
-    # between them per position gathered the coefficients (vgatherqpd) instead of loading them
-    if coef.shape[0] == 1:
-        nbad = _two_class_loop(True, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad)
+    # between them per position gathered the coefficients (vgatherqpd) instead of loading them; and
+    # for one coefficient a copy without class weights, smoothing or z-loss, whose terms it drops
+    # (16 x 2 x 256 x 256, one thread: 2.16 ms against 2.96 with the previous single copy)
+    weighted = weight.shape[0] == 2
+    if coef.shape[0] != 1:
+        nbad = _two_class_loop(False, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
+    elif weighted or eps != 0.0 or lam != 0.0:
+        nbad = _two_class_loop(True, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
     else:
-        nbad = _two_class_loop(False, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad)
+        nbad = _two_class_loop(True, False, 0.0, 0.0, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
     if nbad > 0:
         _nan_rows(2, R, src, so, ss, p0, target, ignore_index, m, lse, loss, False, argmax, entropy, ws[6], bad)
         if want_grad:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
@@ -290,12 +297,12 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
 
 
 @njit(inline="always", **JIT)
-def _two_class_loop(one_coef, Ru, src, so, ss, p0, task, want_grad, grad, go, gs, loss, lse, m, bad):
-    """`_two_classes`' loop over the positions (one_coef: coef holds one coefficient for all); returns
-    how many positions have a NaN exp sum."""
-    target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
+def _two_class_loop(one_coef, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad):
+    """`_two_classes`' loop over the positions (one_coef: coef holds one coefficient for all; weighted,
+    eps, lam: the task's, or constants for a copy without them); returns how many positions have a NaN
+    exp sum."""
+    target, weight, wsum, wpos, _, _, cap, ignore_index, coef = task
     dt = src.dtype.type
-    weighted = weight.shape[0] == 2
     w0 = weight[0] if weighted else 1.0
     w1 = weight[1] if weighted else 1.0
     smooth = eps / 2
@@ -321,16 +328,15 @@ def _two_class_loop(one_coef, Ru, src, so, ss, p0, task, want_grad, grad, go, gs
         lse[p0 + r] = l_se if keep else np.nan
         ll = index_loss(l_se, zy, wy, wz, wsum, wpos, eps, smooth, lam)
         loss[p0 + r] = ll if keep else 0.0
-        if want_grad:
-            k = (k1 if one_coef else coef[p0 + r]) if keep else 0.0
-            alpha = index_alpha(l_se, wy, wsum, eps, smooth, lam)
-            sc = dt(k * alpha / sr)
-            bk = dt(k * smooth)
-            fx = dt(k * (1.0 - eps) * wy)
-            hit0 = fx if keep and not one else dt(0.0)
-            hit1 = fx if keep and one else dt(0.0)
-            grad[go + r] = e0 * sc - bk * dt(w0) - hit0
-            grad[go + gs + r] = e1 * sc - bk * dt(w1) - hit1
+        k = (k1 if one_coef else coef[p0 + r]) if keep else 0.0
+        alpha = index_alpha(l_se, wy, wsum, eps, smooth, lam)
+        sc = dt(k * alpha / sr)
+        bk = dt(k * smooth)
+        fx = dt(k * (1.0 - eps) * wy)
+        hit0 = fx if keep and not one else dt(0.0)
+        hit1 = fx if keep and one else dt(0.0)
+        grad[go + r] = e0 * sc - bk * dt(w0) - hit0
+        grad[go + gs + r] = e1 * sc - bk * dt(w1) - hit1
     return nbad
 
 

@@ -619,6 +619,34 @@ def test_huge_unsigned_target_is_out_of_bounds():
         cross_entropy(_Z23, np.array([0, 2**63 + 5], dtype=np.uint64))
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize(
+    "bad", [[], [(70000, 7), (190000, -1)], [(150001, 9), (3, 11)], [(5, -7)]], ids=["none", "two", "order", "negative"]
+)
+def test_check_targets_over_chunks(rng, parallel, weighted, bad):
+    """`_kernels.check_targets` over several chunks: the first bad position in position order (not chunk
+    completion order), ignored positions skipped whatever their value, and the kept count and weight sum
+    as NumPy counts them (the unweighted count is a branch-free pass, the weighted one a loop)."""
+    from softmaxce import _kernels
+
+    P, C, ii = 3 * _kernels.TARGET_CHUNK + 123, 7, -3
+    target = rng.integers(0, C, P)
+    target[::11] = ii
+    for p, value in bad:  # (position, bad index)
+        target[p] = value
+    w = rng.uniform(0.0, 2.0, C) if weighted else np.empty(0)
+    first, kept, nonzero, wsum = _kernels.check_targets(parallel, target, C, ii, w)
+    wrong = np.flatnonzero((target != ii) & ((target < 0) | (target >= C)))
+    assert first == (wrong[0] if wrong.size else -1)
+    if not wrong.size:
+        keep = target != ii
+        assert kept == keep.sum()
+        ref = w[target[keep]].sum() if weighted else float(keep.sum())
+        assert wsum == pytest.approx(ref, rel=1e-12)
+        assert nonzero == ((w[target[keep]] != 0).sum() if weighted else keep.sum())
+
+
 # ----------------------------------------------------------------------------------------------
 # Inputs, out= buffers, threads
 # ----------------------------------------------------------------------------------------------
