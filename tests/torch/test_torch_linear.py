@@ -159,6 +159,34 @@ def test_chunks_fill_the_engine_byte_budget(monkeypatch, dtype, rows):
     torch.testing.assert_close(loss.double(), F.cross_entropy(F.linear(x.double(), W.double()), t), **tol)
 
 
+@pytest.mark.parametrize(("dtype", "rows"), [(torch.float32, 6), (torch.float64, 3)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("batch_chunk_size", [None, 4])
+def test_numpy_head_from_torch_uses_the_torch_budget(monkeypatch, dtype, rows, batch_chunk_size):
+    """On CPU the torch front end runs the NumPy head in chunks of `_linear_ops.TORCH_CHUNK_BYTES` of
+    logits (not the NumPy API's smaller `_engine.CHUNK_BYTES`), unless options set the rows."""
+    from softmaxce import _fused
+
+    monkeypatch.setattr(_linear_ops, "TORCH_CHUNK_BYTES", 3 * 11 * 8)  # 3 float64 / 6 float32 rows of 11
+    seen = []
+    forward = _fused.forward_linear
+
+    def spy(*args, **kwargs):
+        seen.append(args[6])  # the chunk rows
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(_fused, "forward_linear", spy)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(14, 4, generator=gen, dtype=dtype, requires_grad=True)
+    W = torch.randn(11, 4, generator=gen, dtype=dtype, requires_grad=True)
+    t = torch.randint(0, 11, (14,), generator=gen)
+    opts = None if batch_chunk_size is None else torch.nn.LinearCrossEntropyOptions(batch_chunk_size=batch_chunk_size)
+    loss = sce.linear_cross_entropy(x, W, t, options=opts)
+    loss.backward()
+    assert seen == [rows if batch_chunk_size is None else batch_chunk_size]
+    ref = F.cross_entropy(F.linear(x.detach().double(), W.detach().double()), t)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
 def test_signature_matches_torch():
     assert_drop_in_signature(
         sce.linear_cross_entropy, F.linear_cross_entropy, sce.LinearCrossEntropyLoss, torch.nn.LinearCrossEntropyLoss

@@ -1,13 +1,13 @@
 """torch.library custom ops of the fused linear head (`softmaxce::linear_cross_entropy_rows` and its
 backward), with fake kernels and autograd: cross_entropy(x @ W.T + b, target) on rows, never holding
 all P x V logits. The dispatch, the autograd design and the helpers are those of `_ops.py` (read its
-docstring): float32/float64 CPU tensors on the NumPy engine's chunked head (`softmaxce._fused`, its
-three products on torch's BLAS through `_products.TorchProducts`), anything else on
-`_chunked.linear_ce_rows` (CUDA tensors too: its products are cuBLAS's), the Triton kernels only
-with backend="triton" (on an H200 they took 12x torch eager's time at Llama-3 8B's head shape; see
-README "GPU"); the forward computes (grad_x, grad_W, grad_b) with
-upstream gradient 1 and the backward scales them in place; create_graph=True and torch.func take the
-composite path.
+docstring): float32/float64 CPU tensors on the NumPy engine's chunked head (`softmaxce._fused`, in
+chunks of TORCH_CHUNK_BYTES of logits unless the caller sets the rows, its three products on torch's
+BLAS through `_products.TorchProducts`), anything else on `_chunked.linear_ce_rows` (CUDA tensors
+too: its products are cuBLAS's), the Triton kernels only with backend="triton" (on an H200 they took
+12x torch eager's time at Llama-3 8B's head shape; see README "GPU"); the forward computes (grad_x,
+grad_W, grad_b) with upstream gradient 1 and the backward scales them in place; create_graph=True
+and torch.func take the composite path.
 """
 
 from __future__ import annotations
@@ -54,10 +54,20 @@ _LinearResult = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]  # (l
 _Want = tuple[bool, bool, bool]  # which of (grad_x, grad_W, grad_b) to compute
 
 
+# The chunk budget of the NumPy head when the torch front end calls it (its own default is
+# `softmaxce._engine.CHUNK_BYTES`, 48 MiB). Per chunk, grad_W += G^T x reads and writes all of grad_W,
+# so few rows per chunk make that update memory-bound: N = 4096, D = 1024, V = 128256, 2 threads,
+# forward + backward against the three bare GEMMs: 98 rows (48 MiB) 1.21-1.31x, 392 rows 1.12x,
+# 784 rows (384 MiB) 1.02x. The NumPy API keeps the smaller budget (its peak-memory goal).
+TORCH_CHUNK_BYTES = 384 * 2**20
+
+
 def _lce_numpy(
     x: Tensor, W: Tensor, b: Tensor | None, problem: Problem, chunk_size: int, want: _Want, grad_output: Tensor | None
 ) -> _LinearResult:
     target, weight, opts = problem
+    if not chunk_size:  # rows of float32 (float64) logits that fit TORCH_CHUNK_BYTES
+        chunk_size = max(1, TORCH_CHUNK_BYTES // (max(W.shape[0], 1) * x.element_size()))
     r = _fused.forward_linear(
         _np(x),
         _np(W),
@@ -65,7 +75,7 @@ def _lce_numpy(
         _np(b),
         _np64(weight),
         opts,
-        chunk_size or None,
+        chunk_size,
         want_grad=any(want),
         want_stats=False,
         grad_output=_np64(grad_output),
