@@ -108,7 +108,7 @@ _CACHE_SCRIPT = r"""
 import json, sys
 import numpy as np
 import softmaxce
-from softmaxce import _axis1, _small, _streamed
+from softmaxce import _axis1, _half, _kernels, _small, _sparse_rows, _streamed
 
 # (logits, targets, options, the family's parallel and serial drivers)
 rng = np.random.default_rng(20240611)
@@ -119,9 +119,27 @@ if case == "resident":
 elif case == "few-classes":
     z, y = (4.0 * rng.standard_normal((40000, 10))).astype(np.float32), rng.integers(0, 10, 40000)
     opts, drivers = {"label_smoothing": 0.1}, (_small._index_rows_small, _small._index_rows_small_serial)
-else:  # class axis 1
+elif case == "class-axis-1":
     z, y = (4.0 * rng.standard_normal((16, 21, 32, 32))).astype(np.float32), rng.integers(0, 21, (16, 32, 32))
     opts, drivers = {"label_smoothing": 0.1}, (_axis1._index_axis1, _axis1._index_axis1_serial)
+elif case == "two-classes":  # the two-class pass's copy without weights, smoothing or z-loss
+    z, y = (4.0 * rng.standard_normal((16, 2, 64, 64))).astype(np.float32), rng.integers(0, 2, (16, 64, 64))
+    opts, drivers = {}, (_axis1._index_axis1, _axis1._index_axis1_serial)
+elif case == "general-rows":  # float64: the general row kernel
+    z, y = 4.0 * rng.standard_normal((600, 300)), rng.integers(0, 300, 600)
+    opts, drivers = {"z_loss": 1e-3, "softcap": 5.0}, (_kernels._index_rows, _kernels._index_rows_serial)
+elif case == "probability":
+    z = (4.0 * rng.standard_normal((600, 300))).astype(np.float32)
+    y = rng.dirichlet(np.ones(300), 600).astype(np.float32)
+    opts, drivers = {"label_smoothing": 0.1}, (_kernels._probability_rows, _kernels._probability_rows_serial)
+elif case == "float16":
+    z, y = (4.0 * rng.standard_normal((600, 300))).astype(np.float16), rng.integers(0, 300, 600)
+    opts, drivers = {"label_smoothing": 0.1}, (_half._index_rows, _half._index_rows_serial)
+else:  # sparse targets
+    z = (4.0 * rng.standard_normal((600, 300))).astype(np.float32)
+    idx, val = rng.integers(0, 300, (600, 3)), rng.dirichlet(np.ones(3), 600).astype(np.float32)
+    y, opts = softmaxce.SparseTarget(idx, val), {}
+    drivers = (_sparse_rows._sparse_rows, _sparse_rows._sparse_rows_serial)
 out = {}
 for n in [int(a) for a in sys.argv[2:]]:
     softmaxce.set_num_threads(n)
@@ -132,7 +150,10 @@ print(json.dumps({"same": len(set(out.values())) == 1, "hits": hits}))
 """
 
 
-@pytest.mark.parametrize("case", ["resident", "few-classes", "class-axis-1"])
+@pytest.mark.parametrize(
+    "case",
+    ["resident", "few-classes", "class-axis-1", "two-classes", "general-rows", "probability", "float16", "sparse"],
+)
 def test_cached_and_freshly_compiled_drivers_agree(tmp_path, case):
     """One process fills an empty cache with a kernel family's parallel driver; a second loads it from
     there and compiles the serial one: 1 and 2 threads still give the same bits. (The resident kernel
