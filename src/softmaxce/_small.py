@@ -178,8 +178,21 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         if y >= 0:
             zy[r] = np.float64(src[so + _u(y) * ss + r])
             wy[r] = weight[y] if weighted else 1.0
-    # e_cr = exp(z_cr - m_r),  s_r = sum_c e_cr  (NaN for a row holding a NaN, a +inf or only -inf)
-    for c in range(Cu):
+    # e_cr = exp(z_cr - m_r),  s_r = sum_c e_cr  (NaN for a row holding a NaN, a +inf or only -inf);
+    # two classes a sweep, s_r += e_0r + e_1r: each sweep loads and stores s once (8 x 21 x 128 x 128,
+    # one thread: 1.13-1.18 ms against 1.23-1.29 a class a sweep; four a sweep were no faster)
+    c = _u(0)
+    while c + _u(1) < Cu:
+        o = so + c * ss
+        eo = c * Ru
+        for r in range(Ru):
+            v0 = fast_exp(src[o + r] - m[r])
+            v1 = fast_exp(src[o + ss + r] - m[r])
+            e[eo + r] = v0
+            e[eo + Ru + r] = v1
+            s[r] += v0 + v1
+        c += _u(2)
+    if c < Cu:  # the last of an odd number of classes
         o = so + c * ss
         eo = c * Ru
         for r in range(Ru):

@@ -13,6 +13,7 @@ from reference import reference_cross_entropy
 from softmaxce import _axis1, _threads
 
 SHAPES = [(3, 1, 5, 7), (2, 2, 17, 3), (2, 3, 40), (4, 7, 9, 5), (2, 10, 33), (1, 17, 300), (2, 21, 13, 11)]
+SHAPES += [(300, 3, 8, 8), (40, 7, 5, 9)]  # chunks of several whole images (`_axis1._partition`), the last short
 OPTIONS = {
     "plain": {},
     "ignore-weight": {"ignore_index": 255, "weight": "w"},
@@ -109,7 +110,9 @@ def test_same_as_rows_kernel_on_moved_logits(rng):
 
 
 @pytest.mark.parametrize(
-    "shape", [(16, 2, 64, 64), (3, 21, 50, 41), (2, 21, 16, 37)], ids=["2-class", "21-class", "21-class-small"]
+    "shape",
+    [(16, 2, 64, 64), (3, 21, 50, 41), (2, 21, 16, 37), (300, 3, 8, 8)],
+    ids=["2-class", "21-class", "21-class-small", "small-images"],
 )
 def test_one_and_two_threads_bit_identical(rng, shape):
     logits, target = _problem(rng, shape, np.float32)
@@ -133,4 +136,6 @@ def test_gradient_in_place(rng):
 def test_applies():
     assert _axis1.axis1_applies(np.dtype(np.float32), 8, 21, 128 * 128)
     assert not _axis1.axis1_applies(np.dtype(np.float32), 8, 21, 1)  # too few positions per image
+    assert not _axis1.axis1_applies(np.dtype(np.float32), 8, 7, 16)  # too few logits per image
+    assert _axis1.axis1_applies(np.dtype(np.float32), 8, 2, 64)
     assert not _axis1.axis1_applies(np.dtype(np.float16), 8, 21, 256)
