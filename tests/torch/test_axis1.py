@@ -104,3 +104,28 @@ def test_traced_calls_and_other_backends_take_the_rows():
     assert not _ops.axis1_applies(z[:, :, 0], t[:, 0], None, None)  # 2-D: rows already
     compiled = torch.compile(lambda z, t: sce.cross_entropy(z, t), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(z, t), F.cross_entropy(z, t))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "leaf without grad", "training"])
+def test_gradient_computed_only_when_autograd_wants_it(monkeypatch, mode):
+    """The forward computes the gradient only with grad mode on and logits requiring grad (under
+    torch.no_grad, autograd.Function still reports needs_input_grad True); the loss is the same."""
+    asked = []
+    engine_pass = _ops._engine_pass
+
+    def spy(logits, target, weight, options, want_grad, *rest, **kw):
+        asked.append(want_grad)
+        return engine_pass(logits, target, weight, options, want_grad, *rest, **kw)
+
+    monkeypatch.setattr(_ops, "_engine_pass", spy)
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 5, 6, 7, generator=gen)
+    t = torch.randint(0, 5, (2, 6, 7), generator=gen)
+    x = z.clone().requires_grad_(mode != "leaf without grad")
+    if mode == "no_grad":
+        with torch.no_grad():
+            loss = sce.cross_entropy(x, t)
+    else:
+        loss = sce.cross_entropy(x, t)
+    assert asked == [mode == "training"]
+    torch.testing.assert_close(loss, F.cross_entropy(z, t))

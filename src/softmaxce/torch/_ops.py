@@ -419,8 +419,10 @@ class _Axis1(torch.autograd.Function):
     order goes through the composite path on the moved rows."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
-        want_grad = ctx.needs_input_grad[0] and options.reduction != "none"
+    def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions, needs: bool) -> Tensor:
+        # needs: grad mode on and logits requiring grad, decided by the caller (ctx.needs_input_grad is
+        # True under torch.no_grad too, and grad mode is always off in here)
+        want_grad = needs and options.reduction != "none"
         r = _engine_pass(logits, target, weight, options, want_grad, None)
         grad = torch.from_numpy(r.grad_logits) if want_grad else None
         ctx.save_for_backward(logits, target, weight, grad)
@@ -442,13 +444,13 @@ class _Axis1(torch.autograd.Function):
             (g,) = _composite.vjp(
                 rows, (logits,), (True,), d_loss.reshape(-1) if options.reduction == "none" else d_loss
             )
-            return g, None, None, None
+            return g, None, None, None, None
         if grad is not None:
             scaled = _scale_saved(ctx, [grad], d_loss)
             if scaled is not None:
-                return scaled[0], None, None, None
+                return scaled[0], None, None, None, None
         r = _engine_pass(logits, target, weight, options, True, d_loss)  # "none", or a second backward
-        return torch.from_numpy(r.grad_logits), None, None, None
+        return torch.from_numpy(r.grad_logits), None, None, None, None
 
 
 def _engine_pass(logits, target, weight, options, want_grad: bool, grad_output: Tensor | None, out=None):
@@ -471,7 +473,7 @@ def cross_entropy_axis1(logits: Tensor, target: Tensor, weight: Tensor | None, o
     """`cross_entropy` of (N, C, d1..dk) logits where `axis1_applies` (validated by the front end):
     the loss, 0-d or of the positions' shape (N, d1..dk)."""
     _refuse_weight_grad(weight, probability=False)
-    return _Axis1.apply(logits, target, weight, options)
+    return _Axis1.apply(logits, target, weight, options, torch.is_grad_enabled() and logits.requires_grad)
 
 
 # ----------------------------------------------------------------------------- gradient over the logits
