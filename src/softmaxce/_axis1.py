@@ -7,8 +7,8 @@ classes). No class-last copy of the logits is made, and the gradient comes out a
 The math is `_small.column_block`'s (see `_rows.py` for the formulas); position p = n * S + s indexes
 the targets (N, S), the upstream coefficients and the per-position outputs, as in the engine's rows.
 
-Chunks of (image, run of blocks) have boundaries that depend only on the shape: results are bit for
-bit the same on any thread count.
+Chunks (a run of blocks of one image, or several whole small images) have boundaries that depend only
+on the shape: results are bit for bit the same on any thread count.
 """
 
 from __future__ import annotations
