@@ -187,6 +187,18 @@ def test_numpy_head_from_torch_uses_the_torch_budget(monkeypatch, dtype, rows, b
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
 
 
+@pytest.mark.parametrize(("available", "budget"), [(None, 2**30), (2**40, 2**30), (2**30, 2**28), (2**10, 3 * 2**10)])
+def test_torch_chunk_budget_shrinks_where_memory_is_short(monkeypatch, available, budget):
+    """The torch front end's chunk budget: TORCH_CHUNK_BYTES, or a quarter of the available memory,
+    but never below the NumPy API's CHUNK_BYTES."""
+    from softmaxce import _resources
+
+    monkeypatch.setattr(_linear_ops, "TORCH_CHUNK_BYTES", 2**30)
+    monkeypatch.setattr(_engine, "CHUNK_BYTES", 3 * 2**10)
+    monkeypatch.setattr(_resources, "available_memory", lambda: available)
+    assert _linear_ops._torch_chunk_bytes() == budget
+
+
 def test_signature_matches_torch():
     assert_drop_in_signature(
         sce.linear_cross_entropy, F.linear_cross_entropy, sce.LinearCrossEntropyLoss, torch.nn.LinearCrossEntropyLoss

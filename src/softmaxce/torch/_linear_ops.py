@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _fused, _threads
+from .. import _engine, _fused, _resources, _threads
 from .._options import CEOptions
 from .._sparse import SparseTarget
 from . import _chunked, _composite, _triton
@@ -58,16 +58,26 @@ _Want = tuple[bool, bool, bool]  # which of (grad_x, grad_W, grad_b) to compute
 # `softmaxce._engine.CHUNK_BYTES`, 48 MiB). Per chunk, grad_W += G^T x reads and writes all of grad_W,
 # so few rows per chunk make that update memory-bound: N = 4096, D = 1024, V = 128256, 2 threads,
 # forward + backward against the three bare GEMMs: 98 rows (48 MiB) 1.21-1.31x, 392 rows 1.12x,
-# 784 rows (384 MiB) 1.02x. The NumPy API keeps the smaller budget (its peak-memory goal).
+# 784 rows (384 MiB) 1.02x. The NumPy API keeps the smaller budget (its peak-memory goal). Where memory
+# is short the budget shrinks to a quarter of what is available, down to the NumPy API's.
 TORCH_CHUNK_BYTES = 384 * 2**20
+
+
+def _torch_chunk_bytes() -> int:
+    """TORCH_CHUNK_BYTES, or a quarter of the available memory if that is less (but at least the NumPy
+    API's `_engine.CHUNK_BYTES`)."""
+    available = _resources.available_memory()
+    if available is None:
+        return TORCH_CHUNK_BYTES
+    return min(TORCH_CHUNK_BYTES, max(_engine.CHUNK_BYTES, available // 4))
 
 
 def _lce_numpy(
     x: Tensor, W: Tensor, b: Tensor | None, problem: Problem, chunk_size: int, want: _Want, grad_output: Tensor | None
 ) -> _LinearResult:
     target, weight, opts = problem
-    if not chunk_size:  # rows of float32 (float64) logits that fit TORCH_CHUNK_BYTES
-        chunk_size = max(1, TORCH_CHUNK_BYTES // (max(W.shape[0], 1) * x.element_size()))
+    if not chunk_size:  # rows of float32 (float64) logits that fit the budget
+        chunk_size = max(1, _torch_chunk_bytes() // (max(W.shape[0], 1) * x.element_size()))
     r = _fused.forward_linear(
         _np(x),
         _np(W),
