@@ -103,6 +103,22 @@ def test_inplace_backward_writes_the_gradient_over_the_logits():
     torch.testing.assert_close(logits.detach(), 2.0 * ref.grad)  # the logits are the gradient now
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "leaf without grad"])
+def test_inplace_backward_leaves_the_logits_alone_when_no_backward_comes(mode):
+    """Evaluation (torch.no_grad) or logits that do not require grad: no gradient is wanted, so the
+    logits are not overwritten, and the loss is the ordinary one."""
+    z, t = _problem()
+    logits = z.clone().requires_grad_(mode == "no_grad")
+    if mode == "no_grad":
+        with torch.no_grad():
+            loss = sce.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=True)
+    else:
+        loss = sce.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=True)
+    torch.testing.assert_close(logits.detach(), z, rtol=0, atol=0)
+    torch.testing.assert_close(loss, F.cross_entropy(z, t, label_smoothing=0.1))
+    assert not loss.requires_grad
+
+
 def test_inplace_backward_refuses_what_it_cannot_do_exactly():
     z, t = _problem()
     logits = z.clone().requires_grad_(True)

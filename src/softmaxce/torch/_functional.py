@@ -148,7 +148,9 @@ def cross_entropy(
         inplace_backward: write the gradient over `input` (flash-attn's option), for training loops
             that do not use the logits after the loss: no gradient-sized buffer is allocated, and
             afterwards `input` holds dL/dinput (2-D float32/float64 CPU input, reduction "mean" or
-            "sum"). It raises with create_graph=True, under torch.func and under torch.compile.
+            "sum"). Under torch.no_grad, or for input that does not require grad, only the loss is
+            computed and input is left alone. It raises with create_graph=True, under torch.func and
+            under torch.compile.
 
     Returns:
         A 0-d tensor in input's dtype, or for reduction="none" the per-position losses.

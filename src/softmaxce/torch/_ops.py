@@ -507,7 +507,8 @@ class _InplaceBackward(torch.autograd.Function):
 
 def cross_entropy_inplace_backward(logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions) -> Tensor:
     """`cross_entropy(..., inplace_backward=True)` (validated by the front end): the loss, with the
-    gradient written over `logits`. Refuses what it cannot do exactly: a gradient for the target or
+    gradient written over `logits` when autograd will want it (grad mode on, logits requiring grad;
+    otherwise the loss alone). Refuses what it cannot do exactly: a gradient for the target or
     the class weight, higher order (in backward), torch.func transforms and torch.compile."""
     targets = (target.indices, target.values) if isinstance(target, SparseTarget) else (target,)
     if torch.compiler.is_compiling() or _composite.transforms_active(logits, *targets, weight):
@@ -521,4 +522,9 @@ def cross_entropy_inplace_backward(logits: Tensor, target: Tensor, weight: Tenso
         raise ValueError("inplace_backward=True needs reduction 'mean' or 'sum', not 'none'")
     if any(t is not None and t.requires_grad for t in (*targets, weight)) and torch.is_grad_enabled():
         raise ValueError("inplace_backward=True gives no gradient for the target or the class weight")
+    if not (torch.is_grad_enabled() and logits.requires_grad):  # no backward will come (torch.no_grad,
+        # evaluation): the loss alone, and the logits are left as they are
+        if isinstance(target, SparseTarget):
+            return cross_entropy_rows(logits, target.indices, weight, options, None, values=target.values)
+        return cross_entropy_rows(logits, target, weight, options, None)
     return _InplaceBackward.apply(logits, target, weight, options)
