@@ -291,14 +291,18 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
     # one loop for one upstream coefficient, one for a coefficient per position: a loop choosing
     # between them per position gathered the coefficients (vgatherqpd) instead of loading them; and
     # for one coefficient a copy without class weights, smoothing or z-loss, whose terms it drops
-    # (16 x 2 x 256 x 256, one thread: 2.16 ms against 2.96 with the previous single copy)
+    # (16 x 2 x 256 x 256, one thread: 2.16 ms against 2.96 with the previous single copy). Without a
+    # gradient wanted coef is empty: a one-coefficient copy, with k1 = 0, reads none of it.
     weighted = weight.shape[0] == 2
-    if coef.shape[0] != 1:
-        nbad = _two_class_loop(False, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
+    k1 = coef[0] if coef.shape[0] > 0 else 0.0
+    if want_grad and coef.shape[0] != 1:
+        nbad = _two_class_loop(
+            False, weighted, eps, lam, Ru, src, so, ss, p0, task, k1, grad, go, gs, loss, lse, m, bad
+        )
     elif weighted or eps != 0.0 or lam != 0.0:
-        nbad = _two_class_loop(True, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
+        nbad = _two_class_loop(True, weighted, eps, lam, Ru, src, so, ss, p0, task, k1, grad, go, gs, loss, lse, m, bad)
     else:
-        nbad = _two_class_loop(True, False, 0.0, 0.0, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad)
+        nbad = _two_class_loop(True, False, 0.0, 0.0, Ru, src, so, ss, p0, task, k1, grad, go, gs, loss, lse, m, bad)
     if nbad > 0:
         _nan_rows(2, R, src, so, ss, p0, target, ignore_index, m, lse, loss, False, argmax, entropy, ws[6], bad)
         if want_grad:  # positions with a NaN loss have a NaN gradient (ignored ones: 0)
@@ -310,16 +314,15 @@ def _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws):
 
 
 @njit(inline="always", **JIT)
-def _two_class_loop(one_coef, weighted, eps, lam, Ru, src, so, ss, p0, task, grad, go, gs, loss, lse, m, bad):
-    """`_two_classes`' loop over the positions (one_coef: coef holds one coefficient for all; weighted,
-    eps, lam: the task's, or constants for a copy without them); returns how many positions have a NaN
-    exp sum."""
+def _two_class_loop(one_coef, weighted, eps, lam, Ru, src, so, ss, p0, task, k1, grad, go, gs, loss, lse, m, bad):
+    """`_two_classes`' loop over the positions (one_coef: every position's coefficient is k1, else the
+    task's coef holds one per position; weighted, eps, lam: the task's, or constants for a copy without
+    them); returns how many positions have a NaN exp sum."""
     target, weight, wsum, wpos, _, _, cap, ignore_index, coef = task
     dt = src.dtype.type
     w0 = weight[0] if weighted else 1.0
     w1 = weight[1] if weighted else 1.0
     smooth = eps / 2
-    k1 = coef[0]
     nbad = 0
     for r in range(Ru):
         y = target[p0 + r]

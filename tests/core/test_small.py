@@ -4,6 +4,11 @@ gradient written in place of the logits, inputs left alone, and 1 vs 2 threads b
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -213,3 +218,28 @@ def test_small_classes_predicate():
     assert _small.small_classes(np.dtype(np.float64), 10, _small.SMALL_MAX_C)
     assert not _small.small_classes(np.dtype(np.float32), 10, _small.SMALL_MAX_C + 1)
     assert not _small.small_classes(np.dtype(np.float32), 0, 10)
+
+
+_BOUNDS_SCRIPT = r"""
+import numpy as np, softmaxce
+rng = np.random.default_rng(0)
+for shape in [(5000, 2), (4, 2, 40, 50)]:  # the two-class pass: rows, and class axis 1
+    z = rng.standard_normal(shape).astype(np.float32)
+    t = rng.integers(0, 2, (shape[0],) + shape[2:])
+    for reduction in ("none", "mean"):
+        for opts in ({}, {"weight": np.array([0.5, 2.0]), "label_smoothing": 0.1}):
+            softmaxce.cross_entropy(z, t, reduction=reduction, **opts)  # no gradient: no coefficients
+            softmaxce.cross_entropy_and_grad(z, t, reduction=reduction, **opts)
+print("ok")
+"""
+
+
+def test_two_class_pass_stays_in_bounds(tmp_path):
+    """With numba's bounds checks on (a fresh cache: they are compiled in), the two-class pass reads no
+    upstream coefficient when none is given (a loss without gradient passes an empty array; it once
+    read coef[0], and then coef[p] for every position, past its end)."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env["PYTHONPATH"] = str(pathlib.Path(_small.__file__).parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _BOUNDS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
