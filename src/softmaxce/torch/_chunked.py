@@ -60,10 +60,11 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_rows(P: int, C: int, acc: torch.dtype, chunk_size: int | None = None) -> int:
-    """Rows per chunk: `chunk_size`, else as many (n, C) rows in dtype `acc` as fit CHUNK_BYTES."""
+def chunk_rows(P: int, C: int, acc: torch.dtype, chunk_size: int | None = None, budget: int | None = None) -> int:
+    """Rows per chunk: `chunk_size`, else as many (n, C) rows in dtype `acc` as fit `budget` bytes
+    (default: CHUNK_BYTES)."""
     if chunk_size is None:
-        chunk_size = _engine.CHUNK_BYTES // (max(C, 1) * acc.itemsize)
+        chunk_size = (_engine.CHUNK_BYTES if budget is None else budget) // (max(C, 1) * acc.itemsize)
     return max(1, min(int(chunk_size), max(P, 1)))
 
 

@@ -76,8 +76,8 @@ def _lce_numpy(
     x: Tensor, W: Tensor, b: Tensor | None, problem: Problem, chunk_size: int, want: _Want, grad_output: Tensor | None
 ) -> _LinearResult:
     target, weight, opts = problem
-    if not chunk_size:  # rows of float32 (float64) logits that fit the budget
-        chunk_size = max(1, _torch_chunk_bytes() // (max(W.shape[0], 1) * x.element_size()))
+    if not chunk_size:  # rows of float32 (float64) logits that fit the torch front end's budget
+        chunk_size = _chunked.chunk_rows(x.shape[0], W.shape[0], x.dtype, budget=_torch_chunk_bytes())
     r = _fused.forward_linear(
         _np(x),
         _np(W),
