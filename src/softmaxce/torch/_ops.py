@@ -73,6 +73,13 @@ def _use_triton(backend: str, t: Tensor, automatic: bool = True) -> bool:
     return automatic and backend == "" and t.device.type == "cuda" and _triton.available(t.device, t.dtype)
 
 
+def _wants_grad(logits: Tensor) -> bool:
+    """Whether a backward can come for these logits: grad mode on and logits requiring grad. (Inside an
+    autograd.Function's forward grad mode is off, and ctx.needs_input_grad is True under torch.no_grad
+    too, so the ops ask this before the call.)"""
+    return torch.is_grad_enabled() and logits.requires_grad
+
+
 def _traced(*tensors: Tensor | None) -> bool:
     """Whether these tensors are being traced (torch.compile, AOT autograd, make_fx: fake, functional
     or proxied tensors), where a backward must stay functional."""
@@ -389,7 +396,7 @@ def cross_entropy_rows(
     weight_grad = _refuse_weight_grad(weight, values is not None or target.dim() == 2)
     if weight_grad or _composite.transforms_active(logits, target, weight, values):
         return _composite.cross_entropy_rows(logits, _target(target, values), weight, options)
-    needs = torch.is_grad_enabled() and logits.requires_grad
+    needs = _wants_grad(logits)
     op = _ce_fwd if _traced(logits, target, weight, values) else _EagerRows.apply
     loss, _ = op(logits, target, weight, *_op_options(options), needs, backend or "", values)
     return loss
@@ -420,8 +427,7 @@ class _Axis1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, weight: Tensor | None, options: CEOptions, needs: bool) -> Tensor:
-        # needs: grad mode on and logits requiring grad, decided by the caller (ctx.needs_input_grad is
-        # True under torch.no_grad too, and grad mode is always off in here)
+        # needs: `_wants_grad(logits)`, asked by the caller
         want_grad = needs and options.reduction != "none"
         r = _engine_pass(logits, target, weight, options, want_grad, None)
         grad = torch.from_numpy(r.grad_logits) if want_grad else None
@@ -473,7 +479,7 @@ def cross_entropy_axis1(logits: Tensor, target: Tensor, weight: Tensor | None, o
     """`cross_entropy` of (N, C, d1..dk) logits where `axis1_applies` (validated by the front end):
     the loss, 0-d or of the positions' shape (N, d1..dk)."""
     _refuse_weight_grad(weight, probability=False)
-    return _Axis1.apply(logits, target, weight, options, torch.is_grad_enabled() and logits.requires_grad)
+    return _Axis1.apply(logits, target, weight, options, _wants_grad(logits))
 
 
 # ----------------------------------------------------------------------------- gradient over the logits
@@ -522,8 +528,7 @@ def cross_entropy_inplace_backward(logits: Tensor, target: Tensor, weight: Tenso
         raise ValueError("inplace_backward=True needs reduction 'mean' or 'sum', not 'none'")
     if any(t is not None and t.requires_grad for t in (*targets, weight)) and torch.is_grad_enabled():
         raise ValueError("inplace_backward=True gives no gradient for the target or the class weight")
-    if not (torch.is_grad_enabled() and logits.requires_grad):  # no backward will come (torch.no_grad,
-        # evaluation): the loss alone, and the logits are left as they are
+    if not _wants_grad(logits):  # no backward will come (evaluation): the loss alone, logits left as they are
         if isinstance(target, SparseTarget):
             return cross_entropy_rows(logits, target.indices, weight, options, None, values=target.values)
         return cross_entropy_rows(logits, target, weight, options, None)
