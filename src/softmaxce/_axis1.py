@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from ._bits import JIT
 from ._small import block_positions, block_task, chunk_logits, column_block, new_workspace, prefetch_run
+from ._x86 import AVX2_FMA, store_fence
 
 __all__ = ["AXIS1_MAX_C", "AXIS1_MIN_LOGITS", "axis1_applies", "index_axis1"]
 
@@ -25,6 +26,12 @@ AXIS1_MAX_C = 1024  # above this a block of 16 positions no longer fits in L1/L2
 # in per-block work than the copy (2**22 float32 logits, 2 threads: C = 2, S = 16 29.7 ms in place
 # against 13.8 moved; C = 7, S = 16 9.1 against 7.2; C = 2, S = 64 10.4 against 14.4)
 AXIS1_MIN_LOGITS = 128
+
+
+# Gradients of at least this many bytes leave through non-temporal stores (the plain pass,
+# `_small._stream_hits`): the gradient rows of a block are C streams written while C others are read,
+# and past the cache they no longer evict the logits (8 x 21 x 128 x 128, one thread: ...)
+AXIS1_STREAM_BYTES = 1 << 23
 
 
 def axis1_applies(dtype, N: int, C: int, S: int) -> bool:
@@ -77,6 +84,7 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
     R, per_chunk, chunks_per_n, images = _partition(N, C, S)
     want_grad = grad.size == P * C and P > 0
     want_stats = entropy.shape[0] == P and P > 0
+    stream = AVX2_FMA and want_grad and grad.size * grad.itemsize >= AXIS1_STREAM_BYTES
     task = block_task(C, target, weight, eps, lam, cap, ii, coef)
     outs = (loss, lse, argmax, entropy)
     zf = z.reshape(-1)
@@ -100,7 +108,9 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
                     prefetch_run(zf, base + c * S + R, nn)
                 prefetch_run(target, n * S + s0 + R, nn)
                 prefetch_run(coef, n * S + s0 + R, nn if coef.shape[0] == P else 0)
-            column_block(C, nr, zf, base, S, n * S + s0, task, want_grad, gf, base, S, outs, want_stats, ws)
+            column_block(C, nr, zf, base, S, n * S + s0, task, want_grad, gf, base, S, outs, want_stats, ws, stream)
+    if stream:
+        store_fence()  # the non-temporal stores are visible before the chunk counts as done
 
 
 @njit(parallel=True, **JIT)

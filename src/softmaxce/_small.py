@@ -36,10 +36,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._bits import JIT, float_from_sortable, magnitude_bits, prefetch
+from ._bits import JIT, address, float_from_sortable, magnitude_bits, prefetch
 from ._rows import coef_at, fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 from ._transpose import MAX_C as MAX_SHUFFLED_C
 from ._transpose import columns_to_rows, rows_to_columns
+from ._x86 import AVX2_FMA, stream_hit
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -113,13 +114,14 @@ def new_workspace(C, R, dtype_of):
 
 
 @njit(**JIT)
-def column_block(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws):
+def column_block(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws, stream):
     """Loss (and gradient, statistics) of R positions p0 .. p0 + R - 1 in class-major layout.
 
     z and grad are flat arrays: logit (c, r) is z[zo + c * zs + r], its gradient grad[go + c * gs + r]
     (grad may be z itself: every logit of the block is read before any gradient is written).
     task (`block_task`: target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef) and outs (loss,
-    lse, argmax, entropy) hold the per-position arrays, indexed by position p0 + r.
+    lse, argmax, entropy) hold the per-position arrays, indexed by position p0 + r. stream: write the
+    gradient with non-temporal stores where it can (`_block_passes`; the caller then fences).
     """
     xc = ws[2]
     cap = task[6]
@@ -127,9 +129,9 @@ def column_block(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_
         for c in range(C):
             for r in range(R):
                 xc[c * R + r] = cap * math.tanh(z[zo + c * zs + r] / cap)
-        _block_math(C, R, xc, 0, R, p0, task, want_grad, grad, go, gs, outs, want_stats, ws)
+        _block_math(C, R, xc, 0, R, p0, task, want_grad, grad, go, gs, outs, want_stats, ws, stream)
     else:
-        _block_math(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws)
+        _block_math(C, R, z, zo, zs, p0, task, want_grad, grad, go, gs, outs, want_stats, ws, stream)
 
 
 @njit(inline="always", **JIT)
@@ -140,16 +142,34 @@ def block_task(C, target, weight, eps, lam, cap, ignore_index, coef):
 
 
 @njit(**JIT)
-def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want_stats, ws):
+def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want_stats, ws, stream):
     """`column_block` on the (soft-capped) logits src.
 
     Indices are unsigned (`_u`): numba then emits no negative-index wraparound, and LLVM vectorizes
     every inner loop over positions r with plain vector loads and stores (no gathers, no views, whose
     reference counts would be atomic operations on arrays shared between threads).
+
+    Two copies of the passes (`_block_passes`): a plain one for the common call (no class weights,
+    smoothing, z-loss or statistics, one upstream coefficient for every position), whose constants
+    drop those terms' loads and arithmetic from every loop, and the general one.
     """
     if two_class_pass(C, task, want_stats):
         _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws)
         return
+    weight, eps, lam, coef = task[1], task[4], task[5], task[8]
+    k1 = coef[0] if coef.shape[0] > 0 else 0.0  # the one coefficient (none without a gradient wanted)
+    plain = weight.shape[0] != C and eps == 0.0 and lam == 0.0 and not want_stats and coef.shape[0] <= 1
+    if plain:
+        _block_passes(True, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, False, ws, stream)
+    else:
+        _block_passes(False, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, False)
+
+
+@njit(inline="always", **JIT)
+def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, stream):
+    """`_block_math`'s passes; plain (a constant): no class weights, eps = lam = 0, every position's
+    upstream coefficient k1 (and want_stats False); stream: the plain gradient rows leave through
+    non-temporal stores (`_stream_hits`)."""
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
@@ -157,8 +177,10 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     zy, wy, wz, ez, ls = f64[0], f64[1], f64[2], f64[3], f64[4]
     Cu, Ru, Rn, so, ss, p0, go, gs = _u(C), _u(R), R, _u(so), _u(ss), _u(p0), _u(go), _u(gs)
     dt = src.dtype.type
-    weighted = weight.shape[0] == C
-    smooth = eps / C
+    weighted = False if plain else weight.shape[0] == C
+    eps = 0.0 if plain else eps
+    lam = 0.0 if plain else lam
+    smooth = 0.0 if plain else eps / C
     for r in range(Ru):
         y = target[p0 + r]
         yb[r] = y if y != ignore_index else -1  # -1: ignored
@@ -229,8 +251,10 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
         l_se = np.float64(m[r]) + ln_at_least_1(sr)  # s >= 1: its largest term is exp(0) = 1
         ls[r] = l_se
         lse[p0 + r] = l_se if keep or want_stats else np.nan
-        ll = index_loss(l_se, zy[r], wy[r], wz[r], wsum, wpos, eps, smooth, lam)
+        ll = l_se - zy[r] if plain else index_loss(l_se, zy[r], wy[r], wz[r], wsum, wpos, eps, smooth, lam)
         loss[p0 + r] = ll if keep else 0.0
+        if plain:  # the gradient's scale, alpha = 1 (see below)
+            sc[r] = dt(k1 / sr) if keep else dt(0.0)
     if want_stats:
         for r in range(Ru):
             entropy[p0 + r] = ls[r] - ez[r] / s[r]
@@ -240,14 +264,18 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     if not want_grad:
         return
     # g_cr = sc_r e_cr - bk_r w_c - [c == y_r] fx_r, all 0 for an ignored position
-    for r in range(Ru):
-        keep = yb[r] >= 0
-        k = coef_at(coef, p0 + r) if keep else 0.0
-        w_y = wy[r]
-        alpha = index_alpha(ls[r], w_y, wsum, eps, smooth, lam)
-        sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s
-        bk[r] = dt(k * smooth)
-        fx[r] = dt(k * (1.0 - eps) * w_y)
+    # (plain: alpha = 1, bk = 0 and fx = k1 at every kept position: no bk or fx loads, an ignored
+    # position's yb = -1 matches no class)
+    if not plain:
+        for r in range(Ru):
+            keep = yb[r] >= 0
+            k = coef_at(coef, p0 + r) if keep else 0.0
+            w_y = wy[r]
+            alpha = index_alpha(ls[r], w_y, wsum, eps, smooth, lam)
+            sc[r] = dt(k * alpha / s[r])  # alpha a_c = alpha e_c / s
+            bk[r] = dt(k * smooth)
+            fx[r] = dt(k * (1.0 - eps) * w_y)
+    fx1 = dt(k1)
     for c in range(Cu):
         o = go + c * gs
         eo = c * Ru
@@ -257,8 +285,18 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
             inv = dt(1.0 / cap)
             for r in range(Ru):
                 t = xc[eo + r] * inv
-                hit = fx[r] if yb[r] == ci else dt(0.0)
-                grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
+                if plain:
+                    hit = fx1 if yb[r] == ci else dt(0.0)
+                    grad[o + r] = (e[eo + r] * sc[r] - hit) * (dt(1.0) - t * t)
+                else:
+                    hit = fx[r] if yb[r] == ci else dt(0.0)
+                    grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
+        elif plain and stream:
+            _stream_hits(grad, o, e, eo, sc, yb, ci, fx1, Ru)
+        elif plain:
+            for r in range(Ru):
+                hit = fx1 if yb[r] == ci else dt(0.0)
+                grad[o + r] = e[eo + r] * sc[r] - hit
         else:
             for r in range(Ru):
                 hit = fx[r] if yb[r] == ci else dt(0.0)
@@ -269,6 +307,32 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
                 fill = 0.0 if yb[r] < 0 else np.nan
                 for c in range(Cu):
                     grad[go + c * gs + r] = fill
+
+
+@njit(inline="always", **JIT)
+def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
+    """grad[o + r] = e[eo + r] sc[r] - (yb[r] == ci ? fx : 0) for r < Ru: 32-byte vectors with
+    non-temporal stores (`_x86.stream_hit`) from the first 32-byte aligned entry, the unaligned head and
+    the tail stored normally (the same fused multiply-add either way). Without AVX2 and FMA, or for a
+    grad not aligned to its element size, every entry is stored normally."""
+    dt = grad.dtype.type
+    isz = _u(grad.itemsize)
+    lanes = _u(32) // isz
+    r = _u(0)
+    if AVX2_FMA:  # a constant: numba prunes the branch, and its x86 code, on other targets
+        at = address(grad) + o * isz
+        if at % isz == _u(0):
+            head = min(Ru, ((_u(32) - at % _u(32)) % _u(32)) // isz)
+            for h in range(head):
+                hit = fx if yb[h] == ci else dt(0.0)
+                grad[o + h] = e[eo + h] * sc[h] - hit
+            r = head
+            while r + lanes <= Ru:
+                stream_hit(grad, o + r, e, eo + r, sc, yb, r, ci, fx)
+                r += lanes
+    for t in range(r, Ru):
+        hit = fx if yb[t] == ci else dt(0.0)
+        grad[o + t] = e[eo + t] * sc[t] - hit
 
 
 @njit(inline="always", **JIT)
@@ -453,7 +517,7 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
         # the gradient in place of T, or for the fused two-class pass (which reads and writes each
         # position in one loop: in place, its alias check would fail and it would run scalar) into ws[1]
         G = ws[1] if two else T
-        column_block(C, nr, T, 0, nr, b0, task, want_grad, G, 0, nr, outs, want_stats, ws)
+        column_block(C, nr, T, 0, nr, b0, task, want_grad, G, 0, nr, outs, want_stats, ws, False)
         if want_grad:  # the first `done` rows by shuffles (none unless shuffled), the rest by a loop
             done = _u(columns_to_rows(G, 0, gf, base, nu, C))
             for r in range(done, nu):

@@ -30,6 +30,7 @@ __all__ = [
     "exp16_sum",
     "max16",
     "store_fence",
+    "stream_hit",
     "stream_scaled",
     "sum16",
 ]
@@ -94,6 +95,47 @@ def stream_scaled(typingctx, dst, j, src, i, f, b):
         name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v8f64"
         fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
         out = builder.call(fma, [v, fs, builder.fneg(bs)])  # one rounding, as the scalar head and tail
+        store = builder.store(out, dptr, align=32)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def stream_hit(typingctx, dst, j, src, i, scale, yb, r, c, fx):
+    """dst[j:j+n] = src[i:i+n] * scale[r:r+n] - (yb[r:r+n] == c ? fx : 0) for the n = 32 / itemsize
+    entries of one 32-byte vector (8 float32, 4 float64; one fused multiply-add per lane), with one
+    non-temporal store (vmovntps/vmovntpd): a class-major block's gradient row (`_small`: class c,
+    positions r.., targets yb) written past the cache, as `stream_scaled` writes a row's.
+    dst + j must be 32-byte aligned; src, scale and yb (int32) need no alignment."""
+    if not AVX2_FMA:
+        return None
+    sig = types.void(dst, j, src, i, scale, yb, r, c, fx)
+
+    def codegen(context, builder, signature, args):
+        dst_t, _, src_t, _, sc_t, yb_t, _, c_t, fx_t = signature.args
+        elt = context.get_value_type(dst_t.dtype)
+        align = dst_t.dtype.bitwidth // 8
+        n = 32 // align
+        vec = ir.VectorType(elt, n)
+        ivec = ir.VectorType(context.get_value_type(yb_t.dtype), n)
+
+        def at(arr_t, arr, idx, vtype, al):
+            a = context.make_array(arr_t)(context, builder, arr)
+            return builder.load(builder.bitcast(builder.gep(a.data, [idx]), vtype.as_pointer()), align=al)
+
+        v = at(src_t, args[2], args[3], vec, align)
+        sc = at(sc_t, args[4], args[6], vec, align)
+        y = at(yb_t, args[5], args[6], ivec, yb_t.dtype.bitwidth // 8)
+        cv = context.cast(builder, args[7], c_t, yb_t.dtype)
+        hitv = _splat(builder, context.cast(builder, args[8], fx_t, dst_t.dtype), vec)
+        hit = builder.select(builder.icmp_signed("==", y, _splat(builder, cv, ivec)), hitv, ir.Constant(vec, None))
+        name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v4f64"
+        fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
+        out = builder.call(fma, [v, sc, builder.fneg(hit)])
+        dst_a = context.make_array(dst_t)(context, builder, args[0])
+        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
         store = builder.store(out, dptr, align=32)
         store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()

@@ -51,14 +51,15 @@ def _problem(rng, shape, dtype, scale=3.0):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", list(OPTIONS))
-def test_matches_reference(rng, dtype, shape, name):
+@pytest.mark.parametrize("coef", ["per-position", "one"])  # "one" and no option: the plain copy
+def test_matches_reference(rng, dtype, shape, name, coef):
     logits, target = _problem(rng, shape, dtype)
     opts = dict(OPTIONS[name])
     if opts.get("weight") == "w":
         opts["weight"] = rng.uniform(0.5, 2.0, shape[1])
     if "ignore_index" in opts:
         target.reshape(-1)[::6] = opts["ignore_index"]
-    go = rng.uniform(-1.0, 2.0, target.shape)
+    go = rng.uniform(-1.0, 2.0, target.shape) if coef == "per-position" else 0.37
     before = logits.copy(), target.copy()
     loss, grad, lse, _, _ = run_axis1(logits, target, grad_output=go, **opts)
     assert_array_equal(logits, before[0])  # inputs are never modified
@@ -139,3 +140,50 @@ def test_applies():
     assert not _axis1.axis1_applies(np.dtype(np.float32), 8, 7, 16)  # too few logits per image
     assert _axis1.axis1_applies(np.dtype(np.float32), 8, 2, 64)
     assert not _axis1.axis1_applies(np.dtype(np.float16), 8, 21, 256)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [(np.float32, (2, 7, 389, 397)), (np.float64, (2, 5, 331, 317))],  # S odd: no class row is aligned
+    ids=["f32", "f64"],
+)
+def test_streamed_gradient(rng, dtype, shape):
+    """A gradient of at least AXIS1_STREAM_BYTES from the plain copy leaves through non-temporal stores
+    (`_small._stream_hits`: an unaligned head, 32-byte vectors, a tail): against the float64 reference,
+    the general copy (class weights of ones), itself in place, and 1 vs 2 threads bit for bit."""
+    logits, target = _problem(rng, shape, dtype)
+    assert logits.nbytes >= _axis1.AXIS1_STREAM_BYTES
+    target.reshape(-1)[::6] = 255
+    logits[0, 1, 0, 1] = np.nan
+    logits[1, 0, 2, 2] = np.inf
+    logits[1, :, 4, 6] = -np.inf
+    logits[1, 2, 5, 5], target[1, 5, 5] = -np.inf, 2  # -inf on the target: loss +inf
+    before = logits.copy()
+    with np.errstate(invalid="ignore"):
+        one, two = serial_one_thread_and_parallel(run_axis1, logits, target, ignore_index=255, grad_output=0.37)
+        general = run_axis1(logits, target, ignore_index=255, grad_output=0.37, weight=np.ones(shape[1]))
+        alias = logits.copy()
+        inplace = run_axis1(alias, target, ignore_index=255, grad_output=0.37, inplace=True)
+    assert_array_equal(logits, before)
+    for a, b, c in zip(one[:3], two[:3], inplace[:3], strict=True):
+        assert_array_equal(a, b)
+        assert_array_equal(a, c)
+    loss, grad = two[0], two[1]
+    assert np.isnan(loss[0, 0, 1]) and np.isnan(grad[0, :, 0, 1]).all()
+    assert np.isnan(loss[1, 2, 2]) and np.isnan(loss[1, 4, 6]) and loss[1, 5, 5] == np.inf
+    kept = target != 255
+    assert not grad.transpose(1, 0, 2, 3)[:, ~kept].any()  # ignored positions: 0
+    eps = np.finfo(dtype).eps
+    for got, ref in ((loss, general[0]), (grad, general[1])):
+        assert_array_equal(np.isnan(got), np.isnan(ref))
+        finite = np.isfinite(ref)
+        assert_array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+        assert_allclose(got[finite], ref[finite], rtol=0, atol=2 * eps * np.abs(ref[finite]).max())
+    finite = np.isfinite(loss)
+    ok = np.broadcast_to(finite[:, None], grad.shape)
+    ref_loss, ref_grad = reference_cross_entropy(
+        np.where(ok, logits, 0), target, reduction="none", grad_output=0.37, ignore_index=255
+    )
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    assert_allclose(loss[finite], ref_loss[finite], rtol=tol, atol=tol)
+    assert_allclose(grad[ok], ref_grad[ok], rtol=0, atol=tol)

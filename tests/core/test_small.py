@@ -144,6 +144,40 @@ def test_two_classes_pass_matches_the_general_pass(rng, dtype, name, coef):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("C", [1, 3, 7, 10, 17, 100, 128])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_plain_copy_matches_the_general_copy(rng, dtype, C, ignore):
+    """Without class weights, smoothing, z-loss or statistics and with one upstream coefficient, the
+    passes run as a plain copy with those terms dropped (`_small._block_passes`); class weights of
+    ones take the general copy, whose loss and gradient it must reproduce up to the rounding of a
+    fused multiply-add (special values and ignored positions too)."""
+    P = 2 * _small.block_positions(C) + 45  # several blocks, the last one partial
+    logits, target = _problem(rng, P, C, dtype)
+    logits[3, 0] = np.nan
+    logits[4, C - 1] = np.inf
+    logits[5] = -np.inf
+    logits[6, 0], target[6] = -np.inf, 0  # -inf on the target: loss +inf
+    if ignore:
+        target[::5] = -100
+        target[3] = -100  # an ignored NaN position: loss 0, gradient 0
+    ones = np.ones(C)
+    with np.errstate(invalid="ignore"):
+        plain = run_small(logits, target, grad_output=0.37)
+        general = run_small(logits, target, grad_output=0.37, weight=ones)
+        loss_only = run_small(logits, target, grad_output=0.37, grad="none")
+    assert_array_equal(loss_only[0], plain[0])
+    kept = target != -100
+    for got, ref in ((plain[0], general[0]), (plain[1], general[1]), (plain[2][kept], general[2][kept])):
+        assert_array_equal(np.isnan(got), np.isnan(ref))
+        special = ~np.isfinite(ref) & ~np.isnan(ref)
+        assert_array_equal(got[special], ref[special])  # +-inf
+        finite = np.isfinite(ref)
+        scale = np.abs(ref[finite]).max()
+        assert_allclose(got[finite], ref[finite], rtol=0, atol=2 * np.finfo(got.dtype).eps * scale)
+    assert (plain[1][~kept] == 0).all() and np.isnan(plain[1][3]).all() != ignore
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("C", [3, 10, 100])
 def test_statistics(rng, dtype, C):
     logits, target = _problem(rng, 77, C, dtype)
