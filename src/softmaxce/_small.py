@@ -40,7 +40,7 @@ from ._bits import JIT, address, float_from_sortable, magnitude_bits, prefetch
 from ._rows import coef_at, fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 from ._transpose import MAX_C as MAX_SHUFFLED_C
 from ._transpose import columns_to_rows, rows_to_columns
-from ._x86 import AVX2_FMA, stream_hit
+from ._x86 import AVX2_FMA, fma, stream_hit
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -313,8 +313,8 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
 def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
     """grad[o + r] = e[eo + r] sc[r] - (yb[r] == ci ? fx : 0) for r < Ru: 32-byte vectors with
     non-temporal stores (`_x86.stream_hit`) from the first 32-byte aligned entry, the unaligned head and
-    the tail stored normally (the same fused multiply-add either way). Without AVX2 and FMA, or for a
-    grad not aligned to its element size, every entry is stored normally."""
+    the tail stored normally with the same fused multiply-add (`_x86.fma`), so the bits do not depend on
+    grad's alignment. Without AVX2 and FMA every entry is stored normally (`e * sc - hit`)."""
     dt = grad.dtype.type
     isz = _u(grad.itemsize)
     lanes = _u(32) // isz
@@ -324,13 +324,15 @@ def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
         if at % isz == _u(0):
             head = min(Ru, ((_u(32) - at % _u(32)) % _u(32)) // isz)
             for h in range(head):
-                hit = fx if yb[h] == ci else dt(0.0)
-                grad[o + h] = e[eo + h] * sc[h] - hit
+                grad[o + h] = fma(e[eo + h], sc[h], -(fx if yb[h] == ci else dt(0.0)))
             r = head
             while r + lanes <= Ru:
                 stream_hit(grad, o + r, e, eo + r, sc, yb, r, ci, fx)
                 r += lanes
-    for t in range(r, Ru):
+        for t in range(r, Ru):
+            grad[o + t] = fma(e[eo + t], sc[t], -(fx if yb[t] == ci else dt(0.0)))
+        return
+    for t in range(Ru):
         hit = fx if yb[t] == ci else dt(0.0)
         grad[o + t] = e[eo + t] * sc[t] - hit
 

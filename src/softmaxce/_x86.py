@@ -28,6 +28,7 @@ __all__ = [
     "avx2_fma",
     "exp16_store",
     "exp16_sum",
+    "fma",
     "max16",
     "store_fence",
     "stream_hit",
@@ -98,6 +99,23 @@ def stream_scaled(typingctx, dst, j, src, i, f, b):
         store = builder.store(out, dptr, align=32)
         store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c with one rounding (llvm.fma), in a's float type: the scalar heads and tails of the
+    vector stores here round as their lanes do (plain scalar code need not be contracted)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        t = context.get_value_type(signature.return_type)
+        name = "llvm.fma.f32" if signature.return_type.bitwidth == 32 else "llvm.fma.f64"
+        fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(t, [t] * 3))
+        return builder.call(fn, list(args))
 
     return sig, codegen
 

@@ -169,6 +169,18 @@ def test_streamed_gradient(rng, dtype, shape):
         assert_array_equal(a, b)
         assert_array_equal(a, c)
     loss, grad = two[0], two[1]
+    # into buffers at every element offset from a 32-byte boundary: other heads and tails, the same bits
+    N, C, S = shape[0], shape[1], shape[2] * shape[3]
+    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(N * S, ignore_index=255, grad_output=0.37)
+    for offset in range(1, 32 // logits.itemsize):
+        raw = np.empty(logits.size + 16, dtype)
+        start = (-raw.ctypes.data % 32) // logits.itemsize + offset
+        g = raw[start : start + logits.size].reshape(N, C, S)
+        with _threads.kernel_region(True), np.errstate(invalid="ignore"):
+            _axis1.index_axis1(
+                True, logits.reshape(N, C, S), target.reshape(-1), w, eps, lam, cap, ii, coef, g, *outputs
+            )
+        assert_array_equal(g.reshape(shape), grad)
     assert np.isnan(loss[0, 0, 1]) and np.isnan(grad[0, :, 0, 1]).all()
     assert np.isnan(loss[1, 2, 2]) and np.isnan(loss[1, 4, 6]) and loss[1, 5, 5] == np.inf
     kept = target != 255
