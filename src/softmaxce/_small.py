@@ -40,7 +40,7 @@ from ._bits import JIT, address, float_from_sortable, magnitude_bits, prefetch
 from ._rows import coef_at, fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 from ._transpose import MAX_C as MAX_SHUFFLED_C
 from ._transpose import columns_to_rows, rows_to_columns
-from ._x86 import AVX2_FMA, fma, stream_hit
+from ._x86 import AVX2_FMA, fma, stream_hit, stream_hit_weighted
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -162,14 +162,14 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     if plain:
         _block_passes(True, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, False, ws, stream)
     else:
-        _block_passes(False, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, False)
+        _block_passes(False, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, stream)
 
 
 @njit(inline="always", **JIT)
 def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, stream):
     """`_block_math`'s passes; plain (a constant): no class weights, eps = lam = 0, every position's
-    upstream coefficient k1 (and want_stats False); stream: the plain gradient rows leave through
-    non-temporal stores (`_stream_hits`)."""
+    upstream coefficient k1 (and want_stats False); stream: the gradient rows (without a soft cap)
+    leave through non-temporal stores (`_stream_hits`, `_stream_hits_weighted`)."""
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
@@ -297,6 +297,8 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
             for r in range(Ru):
                 hit = fx1 if yb[r] == ci else dt(0.0)
                 grad[o + r] = e[eo + r] * sc[r] - hit
+        elif stream:
+            _stream_hits_weighted(grad, o, e, eo, sc, bk, fx, yb, ci, wc, Ru)
         else:
             for r in range(Ru):
                 hit = fx[r] if yb[r] == ci else dt(0.0)
@@ -335,6 +337,33 @@ def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
     for t in range(Ru):
         hit = fx if yb[t] == ci else dt(0.0)
         grad[o + t] = e[eo + t] * sc[t] - hit
+
+
+@njit(inline="always", **JIT)
+def _stream_hits_weighted(grad, o, e, eo, sc, bk, fx, yb, ci, wc, Ru):
+    """`_stream_hits` for the general block: grad[o + r] = e[eo + r] sc[r] - (bk[r] wc + hit_r), hit_r
+    = fx[r] where yb[r] == ci, as fma(e, sc, -fma(bk, wc, hit)) in every entry
+    (`_x86.stream_hit_weighted` for the aligned vectors)."""
+    dt = grad.dtype.type
+    isz = _u(grad.itemsize)
+    lanes = _u(32) // isz
+    r = _u(0)
+    if AVX2_FMA:  # a constant: numba prunes the branch, and its x86 code, on other targets
+        at = address(grad) + o * isz
+        if at % isz == _u(0):
+            head = min(Ru, ((_u(32) - at % _u(32)) % _u(32)) // isz)
+            for h in range(head):
+                grad[o + h] = fma(e[eo + h], sc[h], -fma(bk[h], wc, fx[h] if yb[h] == ci else dt(0.0)))
+            r = head
+            while r + lanes <= Ru:
+                stream_hit_weighted(grad, o + r, e, eo + r, sc, bk, fx, yb, r, ci, wc)
+                r += lanes
+        for t in range(r, Ru):
+            grad[o + t] = fma(e[eo + t], sc[t], -fma(bk[t], wc, fx[t] if yb[t] == ci else dt(0.0)))
+        return
+    for t in range(Ru):
+        hit = fx[t] if yb[t] == ci else dt(0.0)
+        grad[o + t] = e[eo + t] * sc[t] - bk[t] * wc - hit
 
 
 @njit(inline="always", **JIT)

@@ -32,6 +32,7 @@ __all__ = [
     "max16",
     "store_fence",
     "stream_hit",
+    "stream_hit_weighted",
     "stream_scaled",
     "sum16",
 ]
@@ -152,6 +153,48 @@ def stream_hit(typingctx, dst, j, src, i, scale, yb, r, c, fx):
         name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v4f64"
         fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
         out = builder.call(fma, [v, sc, builder.fneg(hit)])
+        dst_a = context.make_array(dst_t)(context, builder, args[0])
+        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
+        store = builder.store(out, dptr, align=32)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def stream_hit_weighted(typingctx, dst, j, src, i, scale, bk, fx, yb, r, c, wc):
+    """`stream_hit` with class weights, smoothing or z-loss (`_small`'s general block):
+    dst[j:j+n] = src[i:i+n] * scale[r:r+n] - (bk[r:r+n] * wc + (yb[r:r+n] == c ? fx[r:r+n] : 0)), as
+    fma(src, scale, -fma(bk, wc, hit)), with one non-temporal store. dst + j must be 32-byte aligned."""
+    if not AVX2_FMA:
+        return None
+    sig = types.void(dst, j, src, i, scale, bk, fx, yb, r, c, wc)
+
+    def codegen(context, builder, signature, args):
+        dst_t, _, src_t, _, sc_t, bk_t, fx_t, yb_t, _, c_t, wc_t = signature.args
+        elt = context.get_value_type(dst_t.dtype)
+        align = dst_t.dtype.bitwidth // 8
+        n = 32 // align
+        vec = ir.VectorType(elt, n)
+        ivec = ir.VectorType(context.get_value_type(yb_t.dtype), n)
+
+        def at(arr_t, arr, idx, vtype, al):
+            a = context.make_array(arr_t)(context, builder, arr)
+            return builder.load(builder.bitcast(builder.gep(a.data, [idx]), vtype.as_pointer()), align=al)
+
+        v = at(src_t, args[2], args[3], vec, align)
+        sc = at(sc_t, args[4], args[8], vec, align)
+        bk = at(bk_t, args[5], args[8], vec, align)
+        fx = at(fx_t, args[6], args[8], vec, align)
+        y = at(yb_t, args[7], args[8], ivec, yb_t.dtype.bitwidth // 8)
+        cv = context.cast(builder, args[9], c_t, yb_t.dtype)
+        wcv = _splat(builder, context.cast(builder, args[10], wc_t, dst_t.dtype), vec)
+        hit = builder.select(builder.icmp_signed("==", y, _splat(builder, cv, ivec)), fx, ir.Constant(vec, None))
+        name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v4f64"
+        fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
+        back = builder.call(fma, [bk, wcv, hit])
+        out = builder.call(fma, [v, sc, builder.fneg(back)])
         dst_a = context.make_array(dst_t)(context, builder, args[0])
         dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
         store = builder.store(out, dptr, align=32)

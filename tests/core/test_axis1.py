@@ -147,31 +147,36 @@ def test_applies():
     [(np.float32, (2, 7, 389, 397)), (np.float64, (2, 5, 331, 317))],  # S odd: no class row is aligned
     ids=["f32", "f64"],
 )
-def test_streamed_gradient(rng, dtype, shape):
-    """A gradient of at least AXIS1_STREAM_BYTES from the plain copy leaves through non-temporal stores
-    (`_small._stream_hits`: an unaligned head, 32-byte vectors, a tail): against the float64 reference,
-    the general copy (class weights of ones), itself in place, and 1 vs 2 threads bit for bit."""
+@pytest.mark.parametrize("kind", ["plain", "weighted"])
+def test_streamed_gradient(rng, dtype, shape, kind):
+    """A gradient of at least AXIS1_STREAM_BYTES leaves through non-temporal stores (`_small._stream_hits`
+    for the plain copy, `_stream_hits_weighted` for the general one: an unaligned head, 32-byte vectors,
+    a tail): against the float64 reference, itself in place, into buffers at every alignment, 1 vs 2
+    threads bit for bit, and (plain) the general copy with class weights of ones."""
     logits, target = _problem(rng, shape, dtype)
     assert logits.nbytes >= _axis1.AXIS1_STREAM_BYTES
+    N, C, S = shape[0], shape[1], shape[2] * shape[3]
     target.reshape(-1)[::6] = 255
     logits[0, 1, 0, 1] = np.nan
     logits[1, 0, 2, 2] = np.inf
     logits[1, :, 4, 6] = -np.inf
     logits[1, 2, 5, 5], target[1, 5, 5] = -np.inf, 2  # -inf on the target: loss +inf
+    opts = dict(ignore_index=255, grad_output=0.37)
+    if kind == "weighted":
+        opts.update(weight=rng.uniform(0.5, 2.0, C), label_smoothing=0.1, z_loss=1e-3)
+        opts["grad_output"] = rng.uniform(-1.0, 2.0, target.shape)
     before = logits.copy()
     with np.errstate(invalid="ignore"):
-        one, two = serial_one_thread_and_parallel(run_axis1, logits, target, ignore_index=255, grad_output=0.37)
-        general = run_axis1(logits, target, ignore_index=255, grad_output=0.37, weight=np.ones(shape[1]))
+        one, two = serial_one_thread_and_parallel(run_axis1, logits, target, **opts)
         alias = logits.copy()
-        inplace = run_axis1(alias, target, ignore_index=255, grad_output=0.37, inplace=True)
+        inplace = run_axis1(alias, target, inplace=True, **opts)
     assert_array_equal(logits, before)
     for a, b, c in zip(one[:3], two[:3], inplace[:3], strict=True):
         assert_array_equal(a, b)
         assert_array_equal(a, c)
     loss, grad = two[0], two[1]
     # into buffers at every element offset from a 32-byte boundary: other heads and tails, the same bits
-    N, C, S = shape[0], shape[1], shape[2] * shape[3]
-    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(N * S, ignore_index=255, grad_output=0.37)
+    (w, eps, lam, cap, ii, coef), outputs = kernel_arrays(N * S, **opts)
     for offset in range(1, 32 // logits.itemsize):
         raw = np.empty(logits.size + 16, dtype)
         start = (-raw.ctypes.data % 32) // logits.itemsize + offset
@@ -185,17 +190,18 @@ def test_streamed_gradient(rng, dtype, shape):
     assert np.isnan(loss[1, 2, 2]) and np.isnan(loss[1, 4, 6]) and loss[1, 5, 5] == np.inf
     kept = target != 255
     assert not grad.transpose(1, 0, 2, 3)[:, ~kept].any()  # ignored positions: 0
-    eps = np.finfo(dtype).eps
-    for got, ref in ((loss, general[0]), (grad, general[1])):
-        assert_array_equal(np.isnan(got), np.isnan(ref))
-        finite = np.isfinite(ref)
-        assert_array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
-        assert_allclose(got[finite], ref[finite], rtol=0, atol=2 * eps * np.abs(ref[finite]).max())
+    if kind == "plain":
+        with np.errstate(invalid="ignore"):
+            general = run_axis1(logits, target, weight=np.ones(C), **opts)
+        eps = np.finfo(dtype).eps
+        for got, ref in ((loss, general[0]), (grad, general[1])):
+            assert_array_equal(np.isnan(got), np.isnan(ref))
+            finite = np.isfinite(ref)
+            assert_array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+            assert_allclose(got[finite], ref[finite], rtol=0, atol=2 * eps * np.abs(ref[finite]).max())
     finite = np.isfinite(loss)
     ok = np.broadcast_to(finite[:, None], grad.shape)
-    ref_loss, ref_grad = reference_cross_entropy(
-        np.where(ok, logits, 0), target, reduction="none", grad_output=0.37, ignore_index=255
-    )
+    ref_loss, ref_grad = reference_cross_entropy(np.where(ok, logits, 0), target, reduction="none", **opts)
     tol = 1e-6 if dtype == np.float32 else 1e-12
     assert_allclose(loss[finite], ref_loss[finite], rtol=tol, atol=tol)
     assert_allclose(grad[ok], ref_grad[ok], rtol=0, atol=tol)
