@@ -150,15 +150,15 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
     reference counts would be atomic operations on arrays shared between threads).
 
     Two copies of the passes (`_block_passes`): a plain one for the common call (no class weights,
-    smoothing, z-loss or statistics, one upstream coefficient for every position), whose constants
-    drop those terms' loads and arithmetic from every loop, and the general one.
+    smoothing, z-loss, soft cap or statistics, one upstream coefficient for every position), whose
+    constants drop those terms' loads and arithmetic from every loop, and the general one.
     """
     if two_class_pass(C, task, want_stats):
         _two_classes(R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, ws)
         return
     weight, eps, lam, coef = task[1], task[4], task[5], task[8]
     k1 = coef[0] if coef.shape[0] > 0 else 0.0  # the one coefficient (none without a gradient wanted)
-    plain = weight.shape[0] != C and eps == 0.0 and lam == 0.0 and not want_stats and coef.shape[0] <= 1
+    plain = weight.shape[0] != C and eps == lam == task[6] == 0.0 and not want_stats and coef.shape[0] <= 1
     if plain:
         _block_passes(True, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, False, ws, stream)
     else:
@@ -167,8 +167,8 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
 
 @njit(inline="always", **JIT)
 def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, stream):
-    """`_block_math`'s passes; plain (a constant): no class weights, eps = lam = 0, every position's
-    upstream coefficient k1 (and want_stats False); stream: the gradient rows (without a soft cap)
+    """`_block_math`'s passes; plain (a constant): no class weights, eps = lam = cap = 0, every
+    position's upstream coefficient k1 (and want_stats False); stream: the gradient rows (without a soft cap)
     leave through non-temporal stores (`_stream_hits`, `_stream_hits_weighted`)."""
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
@@ -180,6 +180,7 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
     weighted = False if plain else weight.shape[0] == C
     eps = 0.0 if plain else eps
     lam = 0.0 if plain else lam
+    cap = 0.0 if plain else cap
     smooth = 0.0 if plain else eps / C
     for r in range(Ru):
         y = target[p0 + r]
@@ -285,12 +286,8 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
             inv = dt(1.0 / cap)
             for r in range(Ru):
                 t = xc[eo + r] * inv
-                if plain:
-                    hit = fx1 if yb[r] == ci else dt(0.0)
-                    grad[o + r] = (e[eo + r] * sc[r] - hit) * (dt(1.0) - t * t)
-                else:
-                    hit = fx[r] if yb[r] == ci else dt(0.0)
-                    grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
+                hit = fx[r] if yb[r] == ci else dt(0.0)
+                grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
         elif plain and stream:
             _stream_hits(grad, o, e, eo, sc, yb, ci, fx1, Ru)
         elif plain:

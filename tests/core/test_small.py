@@ -147,7 +147,7 @@ def test_two_classes_pass_matches_the_general_pass(rng, dtype, name, coef):
 @pytest.mark.parametrize("C", [1, 3, 7, 10, 17, 100, 128])
 @pytest.mark.parametrize("ignore", [False, True])
 def test_plain_copy_matches_the_general_copy(rng, dtype, C, ignore):
-    """Without class weights, smoothing, z-loss or statistics and with one upstream coefficient, the
+    """Without class weights, smoothing, z-loss, soft cap or statistics and with one upstream coefficient, the
     passes run as a plain copy with those terms dropped (`_small._block_passes`); class weights of
     ones take the general copy, whose loss and gradient it must reproduce up to the rounding of a
     fused multiply-add (special values and ignored positions too)."""
