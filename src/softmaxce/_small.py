@@ -39,8 +39,8 @@ from numba import njit, prange
 from ._bits import JIT, address, float_from_sortable, magnitude_bits, prefetch
 from ._rows import coef_at, fast_exp, index_alpha, index_loss, weight_sum, weights_nonnegative
 from ._transpose import MAX_C as MAX_SHUFFLED_C
-from ._transpose import columns_to_rows, rows_to_columns
-from ._x86 import AVX2_FMA, fma, stream_hit, stream_hit_weighted
+from ._transpose import VECTOR_BYTES, columns_to_rows, columns_to_rows_streamed, rows_to_columns
+from ._x86 import AVX2_FMA, fma, store_fence, stream_hit, stream_hit_weighted
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -65,6 +65,11 @@ CHUNK_LOGITS = 1 << 16  # about this many logits per chunk (a thread's unit of w
 CHUNK_MIN_LOGITS = 1 << 13  # ... or, for problems under 8 chunks of that, an eighth of the problem, down to this
 PARALLEL_MIN_SIZE = 1 << 14  # logits from which these kernels use the thread pool (their work per logit is
 # several times the streamed kernel's: 4096 x 10 took 81 us on one thread and 65 us on two)
+# Row-major gradients of at least this many bytes leave the row driver through non-temporal stores
+# (`_transpose.columns_to_rows_streamed`), which spare the read-for-ownership of the gradient's lines
+# and keep them from evicting the logits (float32, through the API, 2 threads: 1048576 x 10 5.05-5.34
+# -> 4.46-4.56 ms, 262144 x 10 1.01-1.07 -> 0.88-0.96; one thread 9.6 -> 7.9 and 2.08 -> 1.65)
+ROWS_STREAM_BYTES = 1 << 23
 BLOCK_LOGITS = 16384  # about this many logits per column block (its scratch stays in L2), ...
 BLOCK_MAX_R = 2048  # ... and at most this many positions: fewer, longer blocks pay less per-block overhead
 
@@ -524,6 +529,10 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
     Cu = _u(C)
     shuffled = 2 <= C <= MAX_SHUFFLED_C  # whole vectors of rows are transposed by `_transpose`'s shuffles
     two = two_class_pass(C, task, want_stats)
+    # a large gradient leaves through non-temporal stores (a block starts at a multiple of 16 rows, so
+    # at a whole vector when the gradient's first row does)
+    big = want_grad and gf.size * gf.itemsize >= ROWS_STREAM_BYTES
+    stream = AVX2_FMA and shuffled and big and address(gf) % _u(VECTOR_BYTES) == _u(0)
     for b0 in range(ch * rows_per_chunk, min(P, (ch + 1) * rows_per_chunk), R):
         nr = min(R, P - b0)
         nu, base = _u(nr), _u(b0) * Cu
@@ -547,10 +556,15 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
         G = ws[1] if two else T
         column_block(C, nr, T, 0, nr, b0, task, want_grad, G, 0, nr, outs, want_stats, ws, False)
         if want_grad:  # the first `done` rows by shuffles (none unless shuffled), the rest by a loop
-            done = _u(columns_to_rows(G, 0, gf, base, nu, C))
+            if stream:
+                done = _u(columns_to_rows_streamed(G, 0, gf, base, nu, C))
+            else:
+                done = _u(columns_to_rows(G, 0, gf, base, nu, C))
             for r in range(done, nu):
                 for c in range(Cu):
                     gf[base + r * Cu + c] = G[c * nu + r]
+    if stream:
+        store_fence()  # the non-temporal stores are visible before the chunk counts as done
 
 
 @njit(inline="always", **JIT)

@@ -23,15 +23,15 @@ from numba.extending import intrinsic
 
 from ._bits import emit_prefetch
 
-__all__ = ["MAX_C", "rows_to_columns", "columns_to_rows"]
+__all__ = ["MAX_C", "VECTOR_BYTES", "columns_to_rows", "columns_to_rows_streamed", "rows_to_columns"]
 
 MAX_C = 16
-_VECTOR_BYTES = 64
+VECTOR_BYTES = 64
 PREFETCH_AHEAD = 8192  # bytes between a group's loads and its prefetches (rows_to_columns)
 
 
 def _lanes(dtype) -> int:
-    return _VECTOR_BYTES // (dtype.bitwidth // 8)
+    return VECTOR_BYTES // (dtype.bitwidth // 8)
 
 
 def _pick(builder, sources: list, picks: list[tuple[int, int]], W: int):
@@ -57,8 +57,9 @@ def _pick(builder, sources: list, picks: list[tuple[int, int]], W: int):
     return acc
 
 
-def _transpose(to_columns: bool, src, so, dst, do, n, C):
-    """The signature and code generator of the two intrinsics below."""
+def _transpose(to_columns: bool, src, so, dst, do, n, C, streamed: bool = False):
+    """The signature and code generator of the intrinsics below (streamed: non-temporal stores of whole
+    vectors, for a dst + do aligned to VECTOR_BYTES)."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype):
         return None
     if src.dtype not in (types.float32, types.float64):
@@ -87,7 +88,11 @@ def _transpose(to_columns: bool, src, so, dst, do, n, C):
 
         def store(v, ptr, offset):
             p = builder.bitcast(builder.gep(ptr, [offset]), vec.as_pointer())
-            builder.store(v, p, align=align)
+            if streamed:
+                st = builder.store(v, p, align=VECTOR_BYTES)
+                st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            else:
+                builder.store(v, p, align=align)
 
         entry = builder.block
         done = builder.append_basic_block("transpose.done")
@@ -112,7 +117,7 @@ def _transpose(to_columns: bool, src, so, dst, do, n, C):
                 base = builder.add(so_v, rows_at)
                 ins = [load(sdata, builder.add(base, ir.Constant(i64, k * W))) for k in range(C)]
                 for k in range(C):  # the same lines PREFETCH_AHEAD bytes on (a hint: never faults)
-                    ahead = builder.add(base, ir.Constant(i64, k * W + PREFETCH_AHEAD * W // _VECTOR_BYTES))
+                    ahead = builder.add(base, ir.Constant(i64, k * W + PREFETCH_AHEAD * W // VECTOR_BYTES))
                     emit_prefetch(builder, builder.gep(sdata, [ahead]))
                 for c in range(C):
                     picks = [divmod(lane * C + c, W) for lane in range(W)]
@@ -151,3 +156,10 @@ def columns_to_rows(typingctx, src, so, dst, do, n, C):
     """dst[do + r * C + c] = src[so + c * n + r] for r < moved; returns moved, n rounded down to a whole
     number of vectors (0 unless 2 <= C <= MAX_C)."""
     return _transpose(False, src, so, dst, do, n, C)
+
+
+@intrinsic
+def columns_to_rows_streamed(typingctx, src, so, dst, do, n, C):
+    """`columns_to_rows` with non-temporal stores (the rows do not pass through the cache): dst + do must
+    be VECTOR_BYTES-aligned (every group then is), and the caller fences (`_x86.store_fence`)."""
+    return _transpose(False, src, so, dst, do, n, C, streamed=True)
