@@ -111,8 +111,9 @@ def _axis1_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse
                 prefetch_run(target, n * S + s0 + R, nn)
                 prefetch_run(coef, n * S + s0 + R, nn if coef.shape[0] == P else 0)
             column_block(C, nr, zf, base, S, n * S + s0, task, want_grad, gf, base, S, outs, want_stats, ws, stream)
-    if stream:
-        store_fence()  # the non-temporal stores are visible before the chunk counts as done
+    if AVX2_FMA:  # a constant: the fence, x86 code, is pruned on other targets
+        if stream:
+            store_fence()  # the non-temporal stores are visible before the chunk counts as done
 
 
 @njit(parallel=True, **JIT)

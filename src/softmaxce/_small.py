@@ -563,8 +563,9 @@ def _rows_chunk(ch, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse,
             for r in range(done, nu):
                 for c in range(Cu):
                     gf[base + r * Cu + c] = G[c * nu + r]
-    if stream:
-        store_fence()  # the non-temporal stores are visible before the chunk counts as done
+    if AVX2_FMA:  # a constant: the fence, x86 code, is pruned on other targets
+        if stream:
+            store_fence()  # the non-temporal stores are visible before the chunk counts as done
 
 
 @njit(inline="always", **JIT)

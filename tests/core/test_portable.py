@@ -1,4 +1,5 @@
-"""The portable kernels: what runs on CPUs without AVX2 + FMA and on other architectures.
+"""The portable kernels: what runs on CPUs without AVX2 + FMA and on other architectures (the streamed
+rows, the general rows, probability targets, the few-class rows and class axis 1).
 
 The suite's other tests run the x86 loops where this CPU has them; here a subprocess fixes numba's
 target to "generic" (NUMBA_CPU_NAME, with its own empty cache directory) so the portable loops are
@@ -36,14 +37,17 @@ cases = [
     ("general-softcap", 17, {"softcap": 5.0, "label_smoothing": 0.2}),
     ("probability", 10, {"probability": True}),
 ]
+if not _x86.AVX2_FMA:  # the few-class families have no separate x86 loops to look for
+    cases += [("few-classes", 10, {}), ("class-axis-1", 5, {"axis1": True})]
 for name, C, opts in cases:
     opts = dict(opts)
-    z = (rng.standard_normal((70, C)) * 4).astype(np.float32)
+    shape = (2, C, 5, 7) if opts.pop("axis1", False) else (70, C)
+    z = (rng.standard_normal(shape) * 4).astype(np.float32)
     if opts.pop("probability", False):
         y = rng.random((70, C)).astype(np.float32)
     else:
-        y = rng.integers(0, C, 70)
-        y[3] = -100
+        y = rng.integers(0, C, (shape[0],) + shape[2:])
+        y.reshape(-1)[3] = -100
     if opts.pop("weight", False):
         opts["weight"] = rng.random(C)
     loss, grad = softmaxce.cross_entropy_and_grad(z, y, **opts)
