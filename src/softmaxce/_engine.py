@@ -15,7 +15,6 @@ from . import _axis1, _half, _kernels, _resources, _small, _sparse_rows, _thread
 from ._options import CEOptions
 from ._results import CrossEntropyResult
 from ._sparse import SparseRows, SparseTarget, is_sparse_target, sparse_rows
-from ._streamed import streams
 from ._validation import (
     Layout,
     LogitsDtypeError,
@@ -197,11 +196,9 @@ def run_rows(
     # Small problems run serially: waking the thread pool costs more than their work (which per logit
     # is larger for the few-class and class-axis-1 kernels: they go parallel sooner)
     few = not probability and half is None and not isinstance(target, SparseRows)
-    if few and not axis1:
+    if few and not axis1:  # the kernel `_kernels.index_rows` will pick
         C = logits.shape[1]
-        eps, cap = options.label_smoothing, options.softcap or 0.0
-        streamed = streams(logits.dtype, P, C, weight.shape[0] == C, eps, cap, want_stats)
-        few = _small.small_classes(logits.dtype, P, C, streamed)
+        few = _kernels.index_kernel(logits.dtype, P, C, weight.shape[0] == C, eps, cap, want_stats) == "small"
     parallel = logits.size >= (_small.PARALLEL_MIN_SIZE if few else PARALLEL_MIN_SIZE) and _threads.parallel_allowed()
     with _threads.kernel_region(parallel):
         if half is not None:

@@ -22,22 +22,30 @@ from ._rows import index_row, probability_row, weight_sum, weights_nonnegative
 from ._small import index_rows_small, small_classes
 from ._streamed import index_rows_streamed, index_rows_streamed_serial, streams
 
-__all__ = ["check_targets", "index_rows", "probability_rows"]
+__all__ = ["check_targets", "index_kernel", "index_rows", "probability_rows"]
+
+
+def index_kernel(dtype, P: int, C: int, weighted: bool, eps: float, cap: float, want_stats: bool) -> str:
+    """Which kernel `index_rows` runs for (P, C) class-index rows: "small" (the few-classes kernel,
+    `_small`, C <= 128; below 32 classes where the streamed path applies), "streamed" (where
+    `_streamed.streams` applies) or "general" (the row kernel)."""
+    streamed = streams(dtype, P, C, weighted, eps, cap, want_stats)
+    if small_classes(dtype, P, C, streamed):  # a few classes: rows across the vector lanes
+        return "small"
+    return "streamed" if streamed else "general"
 
 
 def index_rows(
     parallel: bool, z, target, weight, eps, lam, cap, ignore_index, coef, grad, loss, lse, argmax, entropy
 ) -> None:
-    """Class-index targets: the few-classes kernel (`_small`, C <= 128; below 32 classes where the
-    streamed path applies), the streamed pipeline where it applies (`_streamed.streams`), else the
-    general row kernel; on the thread pool if `parallel`."""
+    """Class-index targets: the kernel `index_kernel` names, on the thread pool if `parallel`."""
     P, C = z.shape
     ii = ignore_index
-    streamed = streams(z.dtype, P, C, weight.shape[0] == C, eps, cap, entropy.shape[0] == P)
-    if small_classes(z.dtype, P, C, streamed):  # a few classes: rows across the vector lanes
+    kind = index_kernel(z.dtype, P, C, weight.shape[0] == C, eps, cap, entropy.shape[0] == P)
+    if kind == "small":
         index_rows_small(parallel, z, target, weight, eps, lam, cap, ii, coef, grad, loss, lse, argmax, entropy)
         return
-    if streamed:
+    if kind == "streamed":
         run = index_rows_streamed if parallel else index_rows_streamed_serial
         run(z, target, weight, eps, lam, ignore_index, coef, grad, loss, lse)
         return
