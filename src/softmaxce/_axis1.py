@@ -28,11 +28,11 @@ AXIS1_MAX_C = 1024  # above this a block of 16 positions no longer fits in L1/L2
 AXIS1_MIN_LOGITS = 128
 
 
-# Gradients of at least this many bytes leave through non-temporal stores (`_small._stream_hits`,
-# `_stream_hits_weighted`; no soft cap): a block's C gradient rows are written while C logit rows are
-# read, and past the cache they no longer evict the logits (8 x 21 x 128 x 128 float32 through the
-# API, the plain copy: one thread 1.23-1.34 -> 1.08-1.11 ms; two threads 0.61-0.65 either way in
-# five alternating rounds; with class weights, two threads 0.79-0.86 -> 0.72-0.76)
+# Gradients of at least this many bytes leave through non-temporal stores (`_small._stream_row`; no
+# soft cap): a block's C gradient rows are written while C logit rows are read, and past the cache
+# they no longer evict the logits (8 x 21 x 128 x 128 float32 through the API, the plain copy: one
+# thread 1.23-1.34 -> 1.08-1.11 ms; two threads 0.61-0.65 either way in five alternating rounds; with
+# class weights, two threads 0.79-0.86 -> 0.72-0.76)
 AXIS1_STREAM_BYTES = 1 << 23
 
 

@@ -174,7 +174,7 @@ def _block_math(C, R, src, so, ss, p0, task, want_grad, grad, go, gs, outs, want
 def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, gs, outs, want_stats, ws, stream):
     """`_block_math`'s passes; plain (a constant): no class weights, eps = lam = cap = 0, every
     position's upstream coefficient k1 (and want_stats False); stream: the gradient rows (without a soft cap)
-    leave through non-temporal stores (`_stream_hits`, `_stream_hits_weighted`)."""
+    leave through non-temporal stores (`_stream_row`)."""
     target, weight, wsum, wpos, eps, lam, cap, ignore_index, coef = task
     loss, lse, argmax, entropy = outs
     _, e, xc, vec, f64, yb, am, bad = ws
@@ -294,13 +294,13 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
                 hit = fx[r] if yb[r] == ci else dt(0.0)
                 grad[o + r] = (e[eo + r] * sc[r] - bk[r] * wc - hit) * (dt(1.0) - t * t)
         elif plain and stream:
-            _stream_hits(grad, o, e, eo, sc, yb, ci, fx1, Ru)
+            _stream_row(False, grad, o, e, eo, sc, bk, fx, fx1, yb, ci, wc, Ru)
         elif plain:
             for r in range(Ru):
                 hit = fx1 if yb[r] == ci else dt(0.0)
                 grad[o + r] = e[eo + r] * sc[r] - hit
         elif stream:
-            _stream_hits_weighted(grad, o, e, eo, sc, bk, fx, yb, ci, wc, Ru)
+            _stream_row(True, grad, o, e, eo, sc, bk, fx, fx1, yb, ci, wc, Ru)
         else:
             for r in range(Ru):
                 hit = fx[r] if yb[r] == ci else dt(0.0)
@@ -314,11 +314,14 @@ def _block_passes(plain, C, R, src, so, ss, p0, task, k1, want_grad, grad, go, g
 
 
 @njit(inline="always", **JIT)
-def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
-    """grad[o + r] = e[eo + r] sc[r] - (yb[r] == ci ? fx : 0) for r < Ru: 32-byte vectors with
-    non-temporal stores (`_x86.stream_hit`) from the first 32-byte aligned entry, the unaligned head and
-    the tail stored normally with the same fused multiply-add (`_x86.fma`), so the bits do not depend on
-    grad's alignment. Without AVX2 and FMA every entry is stored normally (`e * sc - hit`)."""
+def _stream_row(weighted, grad, o, e, eo, sc, bk, fx, fx1, yb, ci, wc, Ru):
+    """Class ci's gradient row of a block through non-temporal stores, without a soft cap:
+    grad[o + r] = e[eo + r] sc[r] - hit_r (weighted False, a constant: the plain copy, hit_r = fx1
+    where yb[r] == ci) or e sc - (bk[r] wc + hit_r) (hit_r = fx[r] there), for r < Ru, as
+    fma(e, sc, -hit) or fma(e, sc, -fma(bk, wc, hit)). 32-byte vectors (`_x86.stream_hit`,
+    `stream_hit_weighted`) from the first 32-byte aligned entry; the unaligned head and the tail stored
+    normally with the same fused multiply-adds (`_x86.fma`), so the bits do not depend on grad's
+    alignment. Without AVX2 and FMA every entry is stored normally (`e * sc - ...`)."""
     dt = grad.dtype.type
     isz = _u(grad.itemsize)
     lanes = _u(32) // isz
@@ -328,44 +331,31 @@ def _stream_hits(grad, o, e, eo, sc, yb, ci, fx, Ru):
         if at % isz == _u(0):
             head = min(Ru, ((_u(32) - at % _u(32)) % _u(32)) // isz)
             for h in range(head):
-                grad[o + h] = fma(e[eo + h], sc[h], -(fx if yb[h] == ci else dt(0.0)))
+                grad[o + h] = _entry_fma(weighted, e[eo + h], sc[h], bk, fx, fx1, h, yb[h] == ci, wc, dt(0.0))
             r = head
             while r + lanes <= Ru:
-                stream_hit(grad, o + r, e, eo + r, sc, yb, r, ci, fx)
+                if weighted:
+                    stream_hit_weighted(grad, o + r, e, eo + r, sc, bk, fx, yb, r, ci, wc)
+                else:
+                    stream_hit(grad, o + r, e, eo + r, sc, yb, r, ci, fx1)
                 r += lanes
         for t in range(r, Ru):
-            grad[o + t] = fma(e[eo + t], sc[t], -(fx if yb[t] == ci else dt(0.0)))
+            grad[o + t] = _entry_fma(weighted, e[eo + t], sc[t], bk, fx, fx1, t, yb[t] == ci, wc, dt(0.0))
         return
     for t in range(Ru):
-        hit = fx if yb[t] == ci else dt(0.0)
-        grad[o + t] = e[eo + t] * sc[t] - hit
+        if weighted:
+            grad[o + t] = e[eo + t] * sc[t] - bk[t] * wc - (fx[t] if yb[t] == ci else dt(0.0))
+        else:
+            grad[o + t] = e[eo + t] * sc[t] - (fx1 if yb[t] == ci else dt(0.0))
 
 
 @njit(inline="always", **JIT)
-def _stream_hits_weighted(grad, o, e, eo, sc, bk, fx, yb, ci, wc, Ru):
-    """`_stream_hits` for the general block: grad[o + r] = e[eo + r] sc[r] - (bk[r] wc + hit_r), hit_r
-    = fx[r] where yb[r] == ci, as fma(e, sc, -fma(bk, wc, hit)) in every entry
-    (`_x86.stream_hit_weighted` for the aligned vectors)."""
-    dt = grad.dtype.type
-    isz = _u(grad.itemsize)
-    lanes = _u(32) // isz
-    r = _u(0)
-    if AVX2_FMA:  # a constant: numba prunes the branch, and its x86 code, on other targets
-        at = address(grad) + o * isz
-        if at % isz == _u(0):
-            head = min(Ru, ((_u(32) - at % _u(32)) % _u(32)) // isz)
-            for h in range(head):
-                grad[o + h] = fma(e[eo + h], sc[h], -fma(bk[h], wc, fx[h] if yb[h] == ci else dt(0.0)))
-            r = head
-            while r + lanes <= Ru:
-                stream_hit_weighted(grad, o + r, e, eo + r, sc, bk, fx, yb, r, ci, wc)
-                r += lanes
-        for t in range(r, Ru):
-            grad[o + t] = fma(e[eo + t], sc[t], -fma(bk[t], wc, fx[t] if yb[t] == ci else dt(0.0)))
-        return
-    for t in range(Ru):
-        hit = fx[t] if yb[t] == ci else dt(0.0)
-        grad[o + t] = e[eo + t] * sc[t] - bk[t] * wc - hit
+def _entry_fma(weighted, ev, scale, bk, fx, fx1, i, is_target, wc, zero):
+    """Entry i of `_stream_row`'s row, rounded as its vector lanes are: fma(e, sc, -hit) (plain) or
+    fma(e, sc, -fma(bk[i], wc, hit)) (weighted); zero: 0 in the gradient's dtype."""
+    if weighted:
+        return fma(ev, scale, -fma(bk[i], wc, fx[i] if is_target else zero))
+    return fma(ev, scale, -(fx1 if is_target else zero))
 
 
 @njit(inline="always", **JIT)

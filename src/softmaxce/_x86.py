@@ -70,6 +70,27 @@ AVX2_FMA = _host_avx2_fma()
 LANES = 8
 
 
+def _load_vector(context, builder, arr_t, arr, idx, vec):
+    """The vector `vec` at arr.flat[idx] (element alignment only)."""
+    a = context.make_array(arr_t)(context, builder, arr)
+    return builder.load(builder.bitcast(builder.gep(a.data, [idx]), vec.as_pointer()), align=arr_t.dtype.bitwidth // 8)
+
+
+def _vector_fma(builder, a, b, c):
+    """a * b + c, lane by lane, with one rounding (llvm.fma on a's vector type)."""
+    vec = a.type
+    name = f"llvm.fma.v{vec.count}f{32 if isinstance(vec.element, ir.FloatType) else 64}"
+    fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
+    return builder.call(fn, [a, b, c])
+
+
+def _stream_store(context, builder, dst_t, dst, j, value) -> None:
+    """A non-temporal store of the vector `value` at dst.flat[j] (32-byte aligned)."""
+    a = context.make_array(dst_t)(context, builder, dst)
+    store = builder.store(value, builder.bitcast(builder.gep(a.data, [j]), value.type.as_pointer()), align=32)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
 @intrinsic
 def stream_scaled(typingctx, dst, j, src, i, f, b):
     """dst[j:j+8] = src[i:i+8] * f - b (one fused multiply-add) with one non-temporal 8-lane store (vmovntps).
@@ -84,21 +105,12 @@ def stream_scaled(typingctx, dst, j, src, i, f, b):
 
     def codegen(context, builder, signature, args):
         dst_t, _, src_t, _, f_t, b_t = signature.args
-        elt = context.get_value_type(dst_t.dtype)
-        vec = ir.VectorType(elt, LANES)
-        dst_a = context.make_array(dst_t)(context, builder, args[0])
-        src_a = context.make_array(src_t)(context, builder, args[2])
-        sptr = builder.bitcast(builder.gep(src_a.data, [args[3]]), vec.as_pointer())
-        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
-        v = builder.load(sptr, align=dst_t.dtype.bitwidth // 8)
-        fv = context.cast(builder, args[4], f_t, dst_t.dtype)
-        bv = context.cast(builder, args[5], b_t, dst_t.dtype)
-        fs, bs = _splat(builder, fv, vec), _splat(builder, bv, vec)
-        name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v8f64"
-        fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
-        out = builder.call(fma, [v, fs, builder.fneg(bs)])  # one rounding, as the scalar head and tail
-        store = builder.store(out, dptr, align=32)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        vec = ir.VectorType(context.get_value_type(dst_t.dtype), LANES)
+        v = _load_vector(context, builder, src_t, args[2], args[3], vec)
+        fs = _splat(builder, context.cast(builder, args[4], f_t, dst_t.dtype), vec)
+        bs = _splat(builder, context.cast(builder, args[5], b_t, dst_t.dtype), vec)
+        out = _vector_fma(builder, v, fs, builder.fneg(bs))  # one rounding, as the scalar head and tail
+        _stream_store(context, builder, dst_t, args[0], args[1], out)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -121,6 +133,40 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
+def _hit_row_codegen(weighted: bool):
+    """The code generator of `stream_hit` (weighted False: args dst, j, src, i, scale, yb, r, c, fx) and
+    `stream_hit_weighted` (args dst, j, src, i, scale, bk, fx, yb, r, c, wc): one 32-byte vector of a
+    class-major block's gradient row, stored non-temporally."""
+
+    def codegen(context, builder, signature, args):
+        types_ = signature.args
+        if weighted:
+            dst, j, src, i, scale, bk, fx, yb, r, c, wc = range(11)
+        else:
+            dst, j, src, i, scale, yb, r, c, fx = range(9)
+        dst_t, yb_t = types_[dst], types_[yb]
+        vec = ir.VectorType(context.get_value_type(dst_t.dtype), 32 // (dst_t.dtype.bitwidth // 8))
+        ivec = ir.VectorType(context.get_value_type(yb_t.dtype), vec.count)
+
+        def load(k, vtype):  # the vector of argument k at index r (src: at index i)
+            return _load_vector(context, builder, types_[k], args[k], args[i if k == src else r], vtype)
+
+        def scalar(k, to):  # argument k cast to `to`
+            return context.cast(builder, args[k], types_[k], to)
+
+        target = builder.icmp_signed("==", load(yb, ivec), _splat(builder, scalar(c, yb_t.dtype), ivec))
+        if weighted:
+            hit = builder.select(target, load(fx, vec), ir.Constant(vec, None))
+            back = _vector_fma(builder, load(bk, vec), _splat(builder, scalar(wc, dst_t.dtype), vec), hit)
+        else:
+            back = builder.select(target, _splat(builder, scalar(fx, dst_t.dtype), vec), ir.Constant(vec, None))
+        out = _vector_fma(builder, load(src, vec), load(scale, vec), builder.fneg(back))
+        _stream_store(context, builder, dst_t, args[dst], args[j], out)
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def stream_hit(typingctx, dst, j, src, i, scale, yb, r, c, fx):
     """dst[j:j+n] = src[i:i+n] * scale[r:r+n] - (yb[r:r+n] == c ? fx : 0) for the n = 32 / itemsize
@@ -130,36 +176,7 @@ def stream_hit(typingctx, dst, j, src, i, scale, yb, r, c, fx):
     dst + j must be 32-byte aligned; src, scale and yb (int32) need no alignment."""
     if not AVX2_FMA:
         return None
-    sig = types.void(dst, j, src, i, scale, yb, r, c, fx)
-
-    def codegen(context, builder, signature, args):
-        dst_t, _, src_t, _, sc_t, yb_t, _, c_t, fx_t = signature.args
-        elt = context.get_value_type(dst_t.dtype)
-        align = dst_t.dtype.bitwidth // 8
-        n = 32 // align
-        vec = ir.VectorType(elt, n)
-        ivec = ir.VectorType(context.get_value_type(yb_t.dtype), n)
-
-        def at(arr_t, arr, idx, vtype, al):
-            a = context.make_array(arr_t)(context, builder, arr)
-            return builder.load(builder.bitcast(builder.gep(a.data, [idx]), vtype.as_pointer()), align=al)
-
-        v = at(src_t, args[2], args[3], vec, align)
-        sc = at(sc_t, args[4], args[6], vec, align)
-        y = at(yb_t, args[5], args[6], ivec, yb_t.dtype.bitwidth // 8)
-        cv = context.cast(builder, args[7], c_t, yb_t.dtype)
-        hitv = _splat(builder, context.cast(builder, args[8], fx_t, dst_t.dtype), vec)
-        hit = builder.select(builder.icmp_signed("==", y, _splat(builder, cv, ivec)), hitv, ir.Constant(vec, None))
-        name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v4f64"
-        fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
-        out = builder.call(fma, [v, sc, builder.fneg(hit)])
-        dst_a = context.make_array(dst_t)(context, builder, args[0])
-        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
-        store = builder.store(out, dptr, align=32)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(dst, j, src, i, scale, yb, r, c, fx), _hit_row_codegen(False)
 
 
 @intrinsic
@@ -169,39 +186,7 @@ def stream_hit_weighted(typingctx, dst, j, src, i, scale, bk, fx, yb, r, c, wc):
     fma(src, scale, -fma(bk, wc, hit)), with one non-temporal store. dst + j must be 32-byte aligned."""
     if not AVX2_FMA:
         return None
-    sig = types.void(dst, j, src, i, scale, bk, fx, yb, r, c, wc)
-
-    def codegen(context, builder, signature, args):
-        dst_t, _, src_t, _, sc_t, bk_t, fx_t, yb_t, _, c_t, wc_t = signature.args
-        elt = context.get_value_type(dst_t.dtype)
-        align = dst_t.dtype.bitwidth // 8
-        n = 32 // align
-        vec = ir.VectorType(elt, n)
-        ivec = ir.VectorType(context.get_value_type(yb_t.dtype), n)
-
-        def at(arr_t, arr, idx, vtype, al):
-            a = context.make_array(arr_t)(context, builder, arr)
-            return builder.load(builder.bitcast(builder.gep(a.data, [idx]), vtype.as_pointer()), align=al)
-
-        v = at(src_t, args[2], args[3], vec, align)
-        sc = at(sc_t, args[4], args[8], vec, align)
-        bk = at(bk_t, args[5], args[8], vec, align)
-        fx = at(fx_t, args[6], args[8], vec, align)
-        y = at(yb_t, args[7], args[8], ivec, yb_t.dtype.bitwidth // 8)
-        cv = context.cast(builder, args[9], c_t, yb_t.dtype)
-        wcv = _splat(builder, context.cast(builder, args[10], wc_t, dst_t.dtype), vec)
-        hit = builder.select(builder.icmp_signed("==", y, _splat(builder, cv, ivec)), fx, ir.Constant(vec, None))
-        name = "llvm.fma.v8f32" if isinstance(elt, ir.FloatType) else "llvm.fma.v4f64"
-        fma = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vec, [vec] * 3))
-        back = builder.call(fma, [bk, wcv, hit])
-        out = builder.call(fma, [v, sc, builder.fneg(back)])
-        dst_a = context.make_array(dst_t)(context, builder, args[0])
-        dptr = builder.bitcast(builder.gep(dst_a.data, [args[1]]), vec.as_pointer())
-        store = builder.store(out, dptr, align=32)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.void(dst, j, src, i, scale, bk, fx, yb, r, c, wc), _hit_row_codegen(True)
 
 
 @intrinsic

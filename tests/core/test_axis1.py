@@ -149,8 +149,8 @@ def test_applies():
 )
 @pytest.mark.parametrize("kind", ["plain", "weighted"])
 def test_streamed_gradient(rng, dtype, shape, kind):
-    """A gradient of at least AXIS1_STREAM_BYTES leaves through non-temporal stores (`_small._stream_hits`
-    for the plain copy, `_stream_hits_weighted` for the general one: an unaligned head, 32-byte vectors,
+    """A gradient of at least AXIS1_STREAM_BYTES leaves through non-temporal stores (`_small._stream_row`,
+    for the plain copy and for the general one: an unaligned head, 32-byte vectors,
     a tail): against the float64 reference, itself in place, into buffers at every alignment, 1 vs 2
     threads bit for bit, and (plain) the general copy with class weights of ones."""
     logits, target = _problem(rng, shape, dtype)
